@@ -1,0 +1,260 @@
+"""Building blocks shared by every model in the package (DiT, UNet, CLIP text, heads).
+
+Conventions:
+  * token tensors are (batch, tokens, channels); images are NHWC;
+  * parameters are float32 and carry logical axis names (see `configs/common.py` for the
+    rules that map them onto the mesh); `dtype` is the compute dtype;
+  * softmax and normalisation statistics are computed in float32 whatever `dtype` is.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+xavier_uniform = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+ones = nn.initializers.ones
+
+
+def partitioned(init: Callable, axes: Sequence[Optional[str]]) -> Callable:
+  """An initializer whose parameter carries logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+class Dense(nn.Module):
+  """nn.Dense with logical axis names on its kernel and bias.
+
+  `axes` names the (input, output) dimensions of the kernel; the bias takes the output name.
+  """
+  features: int
+  axes: tuple[Optional[str], Optional[str]] = ('embed', 'mlp')
+  use_bias: bool = True
+  kernel_init: Callable = xavier_uniform
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(
+        self.features,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(self.kernel_init, self.axes),
+        bias_init=partitioned(zeros, (self.axes[1],)),
+        name='dense')(x)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32, returned in the compute dtype."""
+  epsilon: float = 1e-6
+  use_affine: bool = True
+  axis_name: Optional[str] = 'embed'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(
+        epsilon=self.epsilon, use_scale=self.use_affine, use_bias=self.use_affine,
+        dtype=jnp.float32, param_dtype=jnp.float32,
+        scale_init=partitioned(ones, (self.axis_name,)),
+        bias_init=partitioned(zeros, (self.axis_name,)),
+        name='norm')(x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+def modulate(x, shift, scale):
+  """adaLN modulation of (batch, tokens, width) activations by per-sample shift and scale."""
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0,
+                       flip_sin_to_cos: bool = True, freq_shift: float = 0.0):
+  """Sinusoidal embedding of (possibly fractional) timesteps, float32, shape (batch, dim).
+
+  `freq_shift` reproduces the two conventions in use: 0 for DiT and SD's UNet,
+  1 for diffusers' DiT port. `flip_sin_to_cos` puts cosines first (DiT, SD).
+  """
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+  args = jnp.asarray(t, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal features of a scalar timestep (or EDM c_noise) followed by a 2-layer MLP."""
+  hidden: int
+  freq_dim: int = 256
+  freq_shift: float = 0.0
+  flip_sin_to_cos: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    init = nn.initializers.normal(0.02)
+    freqs = timestep_embedding(t, self.freq_dim, flip_sin_to_cos=self.flip_sin_to_cos,
+                               freq_shift=self.freq_shift).astype(self.dtype)
+    h = Dense(self.hidden, ('freq', 'embed'), kernel_init=init, dtype=self.dtype,
+              name='linear_1')(freqs)
+    return Dense(self.hidden, ('embed', 'embed_out'), kernel_init=init, dtype=self.dtype,
+                 name='linear_2')(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+  """Class embedding table with one extra row, index `num_classes`, for the null class."""
+  num_classes: int
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels):
+    table = self.param('embedding_table',
+                       partitioned(nn.initializers.normal(0.02), ('classes', 'embed')),
+                       (self.num_classes + 1, self.hidden), jnp.float32)
+    return jnp.take(table, labels, axis=0).astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention over (batch, tokens, width); self-attention when `context` is None.
+
+  The product is `jax.nn.dot_product_attention`, so XLA picks a fused kernel where the
+  backend has one (`implementation='cudnn'` on GPU).
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  out_bias: bool = True
+  implementation: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, *, is_causal: bool = False, mask=None):
+    width = x.shape[-1]
+    context = x if context is None else context
+    head_dim = width // self.num_heads
+
+    def project(name, inputs):
+      y = Dense(width, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
+                name=name)(inputs)
+      return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+
+    q, k, v = project('query', x), project('key', context), project('value', context)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                       implementation=self.implementation)
+    out = out.reshape(*out.shape[:-2], width)
+    return Dense(width, ('heads', 'embed'), use_bias=self.out_bias, dtype=self.dtype,
+                 name='out')(out)
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'quick_gelu': quick_gelu,
+    'silu': nn.silu,
+}
+
+
+class Mlp(nn.Module):
+  """Two-layer feed-forward block. `activation='geglu'` gates the hidden layer (SD's UNet)."""
+  hidden: int
+  out: Optional[int] = None
+  activation: str = 'gelu_tanh'
+  kernel_init: Callable = xavier_uniform
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out = self.out or x.shape[-1]
+    if self.activation == 'geglu':
+      h = Dense(2 * self.hidden, ('embed', 'mlp'), kernel_init=self.kernel_init,
+                dtype=self.dtype, name='fc1')(x)
+      h, gate = jnp.split(h, 2, axis=-1)
+      h = h * nn.gelu(gate, approximate=False)
+    else:
+      h = Dense(self.hidden, ('embed', 'mlp'), kernel_init=self.kernel_init, dtype=self.dtype,
+                name='fc1')(x)
+      h = ACTIVATIONS[self.activation](h)
+    return Dense(out, ('mlp', 'embed'), kernel_init=self.kernel_init, dtype=self.dtype,
+                 name='fc2')(h)
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def patchify(x, patch: int):
+  """NHWC image -> (batch, tokens, patch*patch*channels), tokens in row-major order.
+
+  Within a token the order is (row in patch, column in patch, channel), the same order in
+  which a (kh, kw, cin, cout) convolution kernel flattens, so a patch-embedding convolution
+  and Dense on patchified input are the same map.
+  """
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // patch, patch, w // patch, patch, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(tokens, patch: int, height: int, width: int):
+  """Inverse of `patchify`: (batch, tokens, patch*patch*channels) -> NHWC."""
+  b, n, d = tokens.shape
+  c = d // (patch * patch)
+  gh, gw = height // patch, width // patch
+  x = tokens.reshape(b, gh, gw, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, height, width, c)
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  out = positions.reshape(-1)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position table, (grid_h * grid_w, dim), row-major tokens.
+
+  As in MAE and DiT, the first half of the channels encodes the column and the second half
+  the row.
+  """
+  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64),
+                           np.arange(grid_w, dtype=np.float64), indexing='ij')
+  return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)],
+                        axis=1).astype(np.float32)
+
+
+class PatchEmbed(nn.Module):
+  """Patchify an NHWC image and project each patch to `hidden` (a strided conv as Dense)."""
+  patch: int
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    tokens = patchify(x.astype(self.dtype), self.patch)
+    return Dense(self.hidden, ('patch', 'embed'), dtype=self.dtype, name='proj')(tokens)
+
+
+# ----------------------------------------------------------------------------- token masks
+
+
+def gather_tokens(x, keep_idx):
+  """Select the tokens at `keep_idx` (batch, kept) from x (batch, tokens, width)."""
+  return jnp.take_along_axis(x, keep_idx[..., None], axis=1)
+
+
+def scatter_tokens(fill, kept, keep_idx):
+  """Put `kept` (batch, kept, width) back at `keep_idx` in a copy of `fill` (batch, tokens, width)."""
+  batch = jnp.arange(fill.shape[0])[:, None]
+  return fill.at[batch, keep_idx].set(kept.astype(fill.dtype))
