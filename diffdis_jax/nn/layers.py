@@ -258,3 +258,55 @@ def scatter_tokens(fill, kept, keep_idx):
   """Put `kept` (batch, kept, width) back at `keep_idx` in a copy of `fill` (batch, tokens, width)."""
   batch = jnp.arange(fill.shape[0])[:, None]
   return fill.at[batch, keep_idx].set(kept.astype(fill.dtype))
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+class Conv(nn.Module):
+  """2-D convolution over NHWC with PyTorch's symmetric integer padding and logical axis names.
+
+  The kernel is (kh, kw, in, out), named `axes`; the bias takes the output name. Asymmetric
+  padding (the SD VAE's downsampler) is done by the caller with `jnp.pad` and `padding=0`.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  axes: tuple = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.padding
+    return nn.Conv(
+        self.features, (self.kernel_size, self.kernel_size),
+        strides=(self.strides, self.strides), padding=((p, p), (p, p)),
+        use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=partitioned(self.kernel_init, self.axes),
+        bias_init=partitioned(zeros, (self.axes[-1],)),
+        name='conv')(x.astype(self.dtype))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm over the channels of NHWC input (contiguous groups, as PyTorch), in float32.
+
+  Uses the two-pass variance: the one-pass E[x^2] - E[x]^2 loses digits on the large,
+  off-centre activations of the SD UNet and VAE.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = 'conv_out'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.GroupNorm(
+        num_groups=self.num_groups, epsilon=self.epsilon, dtype=jnp.float32,
+        param_dtype=jnp.float32, use_fast_variance=False,
+        scale_init=partitioned(ones, (self.axis_name,)),
+        bias_init=partitioned(zeros, (self.axis_name,)),
+        name='norm')(x.astype(jnp.float32))
+    return y.astype(self.dtype)

@@ -1,0 +1,18 @@
+"""Weights from other frameworks, safetensors only: diffusers, transformers and
+facebookresearch/DiT layouts mapped onto this package's Flax modules.
+
+Every `from_*` returns (module, params) with float32 params ready for
+`module.apply({'params': params}, ...)`; keys that are missing, unexpected or mis-shaped
+raise `WeightMismatchError` listing all of them.
+"""
+from diffdis_jax.weights.convert import WeightMismatchError, load_safetensors
+from diffdis_jax.weights.dit import from_diffusers_dit, from_official_dit
+from diffdis_jax.weights.stable_diffusion import (StableDiffusion, from_diffusers_unet,
+                                                  from_diffusers_vae, from_transformers_clip_text,
+                                                  load_stable_diffusion)
+
+__all__ = [
+    'WeightMismatchError', 'load_safetensors', 'from_diffusers_dit', 'from_official_dit',
+    'from_diffusers_unet', 'from_diffusers_vae', 'from_transformers_clip_text',
+    'load_stable_diffusion', 'StableDiffusion',
+]
