@@ -181,19 +181,3 @@ class SDDiT(nn.Module):
     if self.head is not None and self.is_initializing():
       self.project(tokens)  # create the head's parameters
     return out
-
-
-def build_model(model_config, dtype=jnp.float32) -> SDDiT:
-  """The SDDiT described by a config's `model` section."""
-  depth, width, heads, patch = parse_dit_name(model_config.name)
-  head = model_config.get('head')
-  return SDDiT(
-      input_size=model_config.input_size, in_channels=model_config.in_channels, patch=patch,
-      width=model_config.get('width') or width, depth=model_config.get('depth') or depth,
-      num_heads=model_config.get('num_heads') or heads,
-      num_classes=model_config.num_classes, learn_sigma=model_config.learn_sigma,
-      decoder_mode=model_config.decoder_mode, decoder_depth=model_config.decoder_depth,
-      decoder_width=model_config.decoder_width, decoder_heads=model_config.decoder_heads,
-      infill=model_config.infill, head=dict(head) if head is not None and head.enabled is not False
-      else None, attention_impl=model_config.get('attention_impl'),
-      remat=model_config.get('remat', False), dtype=dtype)

@@ -1,0 +1,115 @@
+"""Defaults shared by every config. Each field a user may change lives here or in a config.
+
+Choices the papers leave open carry the best reading of ../shared/papers as default; see
+docs/paper_notes.md for the reasons.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+# logical axis -> mesh axis (None: replicated). 'embed' is sharded by FSDP; heads and MLP width
+# by tensor parallelism; the batch over both data axes.
+AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('modulation', 'tensor'),
+    ('embed_out', None),
+    ('patch', None),
+    ('classes', None),
+    ('freq', None),
+    ('proto', None),
+    ('vocab', None),
+    ('length', None),
+)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'sddit'
+  c.seed = 0
+  c.total_steps = 400_000
+  c.batch_size = 256                 # global, over all hosts and devices
+  c.log_every = 100
+  c.checkpoint_every = 10_000
+  c.keep_checkpoints = 3
+  c.sample_every = 20_000
+  c.ema_decay = 0.9999               # sampling EMA
+  c.nonfinite = 'skip'               # non-finite loss or gradients: 'skip' the update | 'stop'
+  c.compute_dtype = 'float32'        # 'bfloat16' on TPU/GPU
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'DiT-XL/2'
+  c.model.input_size = 32            # latent side: 256 px / 8
+  c.model.in_channels = 4
+  c.model.num_classes = 1000
+  c.model.learn_sigma = False        # EDM predicts no variance
+  c.model.decoder_mode = 'separate'  # 'separate' (MaskDiT: full stack + decoder) | 'split'
+  c.model.decoder_depth = 8
+  c.model.decoder_width = 512
+  c.model.decoder_heads = 16
+  c.model.infill = 'noisy'           # decoder input at masked positions: 'noisy' | 'mask_token'
+  c.model.attention_impl = config_dict.placeholder(str)  # None: XLA picks; 'cudnn' on GPU
+  c.model.remat = False
+  # overrides of the named size (0: take it from model.name); tiny test models use them
+  c.model.width = 0
+  c.model.depth = 0
+  c.model.num_heads = 0
+  c.model.head = ml_collections.ConfigDict(
+      dict(hidden=2048, bottleneck=256, out_dim=8192, num_layers=3))
+
+  c.edm = ml_collections.ConfigDict(dict(sigma_data=0.5, p_mean=-1.2, p_std=1.2))
+
+  c.sddit = ml_collections.ConfigDict()
+  c.sddit.mask_ratio = 0.2
+  c.sddit.dis_weight = 1.0           # lambda; 0 turns off the teacher (DiT / MaskDiT baselines)
+  c.sddit.patch_weight = 1.0
+  c.sddit.global_weight = 0.0        # optional term on mean-pooled tokens
+  c.sddit.teacher_sigma = 'karras_next'  # 'karras_next' | 'scale' | 'fixed' | 'equal'
+  c.sddit.teacher_grid_steps = 18
+  c.sddit.teacher_sigma_scale = 0.5
+  c.sddit.teacher_sigma_fixed = 0.05
+  c.sddit.student_temp = 0.1
+  c.sddit.teacher_temp = 0.04
+  c.sddit.teacher_temp_warmup_start = 0.04
+  c.sddit.teacher_temp_warmup_steps = 0
+  c.sddit.center_momentum = 0.9
+  c.sddit.teacher_momentum = 0.996
+  c.sddit.teacher_momentum_final = 1.0
+  c.sddit.gen_loss_tokens = 'all'    # 'all' | 'visible'
+  c.sddit.masked_recon_weight = 0.0  # MaskDiT-style term on masked patches
+  c.sddit.label_dropout = 0.1
+
+  c.optim = ml_collections.ConfigDict(
+      dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0,
+           grad_clip=0.0))
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.solver = 'heun'
+  c.sample.steps = 40
+  c.sample.guidance = 1.5            # 1: no guidance
+  c.sample.sigma_min = 0.002
+  c.sample.sigma_max = 80.0
+  c.sample.rho = 7.0
+  c.sample.per_class = 4             # grid rows
+  c.sample.grid_classes = 10         # grid columns: classes 0 .. grid_classes-1 (spread out)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'imagenet256_latents'  # 'digits' | 'imagenet256_latents'
+  c.data.dir = ''                    # prepared latents (see README: extract_latents)
+  c.data.image_size = 16             # digits only: upsampled side
+  c.data.latent_scale = 0.18215
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.axis_rules = AXIS_RULES
+  return c
+
+
+def imagenet_config(model_name: str) -> ml_collections.ConfigDict:
+  """SD-DiT on ImageNet 256 latents (SD-VAE, 32x32x4), MaskDiT's optimisation settings."""
+  c = get_base_config()
+  c.model.name = model_name
+  c.compute_dtype = 'bfloat16'
+  c.batch_size = 1024
+  c.total_steps = 400_000
+  return c

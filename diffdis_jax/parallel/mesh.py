@@ -1,0 +1,77 @@
+"""Device mesh, logical-axis rules and shardings.
+
+The mesh has three axes: 'data' (pure data parallelism), 'fsdp' (data parallelism with
+parameters and optimizer state sharded) and 'tensor' (heads and MLP width split). The batch is
+split over ('data', 'fsdp'); parameters follow the logical-axis rules of the config.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+
+class MeshError(ValueError):
+  pass
+
+
+def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+  """Replace a single -1 by the devices left over; check the product equals `num_devices`."""
+  sizes = [int(mesh_config[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise MeshError(f'mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise MeshError(f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive or -1')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise MeshError(f'mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} '
+                      'devices; change --config.mesh.*')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise MeshError(f'mesh data*fsdp*tensor = {math.prod(sizes)} but {num_devices} devices are '
+                    'available; set --config.mesh.data/fsdp/tensor so their product equals '
+                    'the device count (one of them may be -1)')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(mesh_config, len(devices))
+  try:  # a topology-aware device order where jax knows one (TPU slices, GPU hosts)
+    array = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # pylint: disable=broad-except
+    array = np.asarray(devices).reshape(shape)
+  return Mesh(array, MESH_AXES)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def logical_to_shardings(logical_specs, mesh: Mesh, rules):
+  """Map a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, [tuple(r) for r in rules])
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Global arrays from this process's part of the batch (leading axis split over BATCH_AXES)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

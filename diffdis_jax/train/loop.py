@@ -1,0 +1,208 @@
+"""The training loop: state on the mesh, the compiled step, logging, checkpoints, samples."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from clu import metric_writers, periodic_actions
+
+from diffdis_jax import build
+from diffdis_jax.data import pipeline
+from diffdis_jax.eval import sample as sample_lib
+from diffdis_jax.objectives import get_objective
+from diffdis_jax.parallel import mesh as mesh_lib
+from diffdis_jax.train import checkpoint as ckpt_lib
+from diffdis_jax.train import step as step_lib
+from diffdis_jax.train.metrics_log import JsonlWriter
+
+# fields that fix the shapes of the state: a workdir holding checkpoints of other values
+# belongs to another run
+IDENTITY_FIELDS = ('method', 'model', 'data.name')
+
+
+class WorkdirMismatch(ValueError):
+  pass
+
+
+def _identity(config) -> dict:
+  out = {}
+  for field in IDENTITY_FIELDS:
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    out[field] = value.to_dict() if hasattr(value, 'to_dict') else value
+  out['teacher'] = get_objective(config.method).uses_teacher(config)
+  return json.loads(json.dumps(out))
+
+
+def check_workdir(config, workdir: str):
+  """Stop before touching a workdir whose checkpoints belong to a different model or method."""
+  path = os.path.join(workdir, 'run_identity.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  mine = _identity(config)
+  diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+  if diff:
+    raise WorkdirMismatch(
+        f'workdir {workdir} holds a run with different {", ".join(diff)}; use another '
+        '--workdir or the config that run was started with')
+
+
+def _write_identity(config, workdir: str):
+  path = os.path.join(workdir, 'run_identity.json')
+  if jax.process_index() == 0 and not os.path.exists(path):
+    with open(path, 'w') as f:
+      json.dump(_identity(config), f, indent=1, sort_keys=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+class Trainer:
+  """Builds everything a run needs; `train()` runs it. Also used by sampling and tests."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.mesh = mesh_lib.make_mesh(config.mesh)
+    self.model = build.build_model(config)
+    self.objective = get_objective(config.method)
+    self.tx = step_lib.make_optimizer(config)
+    init_fn = step_lib.make_init_fn(self.model, self.tx, self.objective, config)
+    rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state, logical = step_lib.unboxed_abstract_state(init_fn, rng)
+    self.state_shardings = mesh_lib.logical_to_shardings(logical, self.mesh, config.axis_rules)
+    self._init = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=self.state_shardings)
+    self._rng = rng
+    self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+
+  def init_state(self):
+    return self._init(self._rng)
+
+  def abstract_batch(self):
+    m, b = self.config.model, self.config.batch_size
+    return {
+        'image': jax.ShapeDtypeStruct((b, m.input_size, m.input_size, m.in_channels),
+                                      jnp.float32, sharding=self.batch_sharding),
+        'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=self.batch_sharding),
+    }
+
+  def compile_step(self):
+    """The train step, compiled ahead of time for the state and batch shardings."""
+    step_fn = step_lib.make_train_step(self.model, self.tx, self.objective, self.config)
+    jitted = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
+                     out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
+                     donate_argnums=0)
+    t0 = time.perf_counter()
+    abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    compiled = jitted.lower(abstract_state, self.abstract_batch()).compile()
+    self.compile_seconds = time.perf_counter() - t0
+    logging.info('train step compiled in %.1f s', self.compile_seconds)
+    return compiled
+
+  def data_iterator(self):
+    return pipeline.make_train_iterator(self.config, jax.process_index(), jax.process_count())
+
+  def shard(self, batch):
+    return mesh_lib.shard_batch(batch, self.mesh)
+
+  def restore_or_init(self, checkpointer, data_iterator):
+    step = checkpointer.latest_step()
+    if step is None:
+      return self.init_state()
+    target = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    return checkpointer.restore(step, target, data_iterator)
+
+  def train(self):
+    config, workdir = self.config, self.workdir
+    check_workdir(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _write_identity(config, workdir)
+    lead = jax.process_index() == 0
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    data_it = self.data_iterator()
+    state = self.restore_or_init(checkpointer, data_it)
+    start = int(state.step)
+    jsonl = JsonlWriter(workdir, enabled=lead)
+    jsonl.truncate_after(start)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not lead,
+                                                  asynchronous=True)
+    if start == 0:
+      writer.write_hparams({k: v for k, v in _flat(config).items()})
+    train_step = self.compile_step()
+    sample_fn = jax.jit(sample_lib.make_sample_fn(self.model, config))
+    hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                             every_steps=config.log_every)]
+    logging.info('training from step %d to %d on mesh %s', start, config.total_steps,
+                 dict(self.mesh.shape))
+    writer.write_scalars(start, {'compile_seconds': self.compile_seconds})
+
+    for step in range(start + 1, config.total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_step(state, self.shard(next(data_it)))
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every == 0 or step == config.total_steps:
+        metrics = jax.device_get(metrics)
+        writer.write_scalars(step, metrics)
+        jsonl.write(step, metrics)
+        if config.nonfinite == 'stop' and not metrics['finite']:
+          raise FloatingPointError(f'non-finite loss or gradients at step {step}')
+      if step % config.sample_every == 0 or step == config.total_steps:
+        self.write_samples(sample_fn, state.ema_params, step, writer)
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        checkpointer.save(step, state, data_it)
+        jsonl.write(step, {'params_fingerprint': ckpt_lib.params_fingerprint(state.params)})
+    checkpointer.close()
+    writer.flush()
+    writer.close()
+    return state
+
+  def write_samples(self, sample_fn, params, step, writer):
+    if self.config.model.in_channels not in (1, 3):
+      logging.info('sample grid skipped: latents need a VAE decoder to be shown')
+      return None
+    rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
+    grid = sample_lib.sample_grid(sample_fn, params, self.config, rng)
+    if jax.process_index() == 0:
+      path = os.path.join(self.workdir, 'samples', f'step_{step:08d}.png')
+      sample_lib.save_png(path, grid, upscale=4)
+      writer.write_images(step, {'samples': grid[None]})
+      logging.info('sample grid: %s', path)
+    return grid
+
+
+def _flat(config, prefix=''):
+  out = {}
+  for k, v in config.items():
+    if hasattr(v, 'items'):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    elif isinstance(v, (int, float, str, bool)):
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def train_and_evaluate(config, workdir: str):
+  return Trainer(config, workdir).train()
+
+
+def sample_from_checkpoint(config, workdir: str):
+  """Write the sample grid of the latest checkpoint's EMA parameters to samples/final.png."""
+  trainer = Trainer(config, workdir)
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  if checkpointer.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
+  state = trainer.restore_or_init(checkpointer, trainer.data_iterator())
+  sample_fn = jax.jit(sample_lib.make_sample_fn(trainer.model, config))
+  rng = jax.random.PRNGKey(config.seed + 1)
+  grid = sample_lib.sample_grid(sample_fn, state.ema_params, config, rng)
+  path = os.path.join(workdir, 'samples', 'final.png')
+  sample_lib.save_png(path, grid, upscale=4)
+  logging.info('sample grid: %s', path)
+  checkpointer.close()
+  return path

@@ -1,0 +1,83 @@
+"""The jitted training step and the state initialiser.
+
+`make_train_step` returns a plain function of (state, batch); the caller decides how to jit
+it (shardings, donation, ahead-of-time compilation: see train/loop.py).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffdis_jax.train.state import TrainState
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  schedule = optax.linear_schedule(0.0, o.lr, o.warmup_steps) if o.warmup_steps > 0 else o.lr
+  chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+  return optax.chain(*chain)
+
+
+def dummy_inputs(model, batch: int = 1):
+  """Arguments for model.init: NHWC image, noise-level input, class ids."""
+  x = jnp.zeros((batch, model.input_size, model.input_size, model.in_channels), jnp.float32)
+  return x, jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32)
+
+
+def make_init_fn(model, tx, objective, config):
+  """init(rng) -> TrainState whose arrays are still boxed with logical axis names.
+
+  Boxes (nn.LogicallyPartitioned) pass through optax and tree maps, so the optimizer state,
+  EMA and teacher inherit the parameter names; `nn.get_partition_spec` reads them and
+  `nn.unbox` drops them (see train/loop.py).
+  """
+  def init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    params = model.init(init_rng, *dummy_inputs(model))['params']
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        ema_params=params, aux=objective.init_aux(params, model, config), rng=state_rng,
+        skipped_steps=jnp.zeros((), jnp.int32))
+  return init
+
+
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def make_train_step(model, tx, objective, config):
+  """train_step(state, batch) -> (state, metrics): forward passes, optax update, both EMAs.
+
+  With `config.nonfinite == 'skip'` a step whose loss or gradients are not finite leaves the
+  state unchanged except for the step and `skipped_steps` counters.
+  """
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
+    (loss, (metrics, outputs)), grads = grad_fn(state.params, batch, rng, state.aux,
+                                                state.step, model=model, config=config)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = config.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+    aux = objective.update_aux(state.aux, params, outputs, state.step, model=model,
+                               config=config)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                        ema_params=ema, aux=aux)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    skipped = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, skipped)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.int32),
+                   skipped_steps=new.skipped_steps)
+    return new, metrics
+  return train_step
+
+
+def unboxed_abstract_state(init_fn, rng):
+  """Shapes of the state without running it, and the logical PartitionSpecs of every leaf."""
+  boxed = jax.eval_shape(init_fn, rng)
+  return nn.unbox(boxed), nn.get_partition_spec(boxed)

@@ -1,0 +1,95 @@
+"""Checks of a config before anything is compiled or written.
+
+Every problem is reported as one `ConfigError` line that says what is wrong and how to fix it.
+"""
+from __future__ import annotations
+
+import os
+
+from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
+
+DATASETS = ('digits', 'imagenet256_latents')
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _one_of(value, allowed, field: str):
+  _check(value in allowed, f'{field}={value!r} is not one of {list(allowed)}; '
+                           f'pass --config.{field}=<one of them>')
+
+
+def validate(config, num_devices: int | None = None):
+  """Raise ConfigError on the first problem found. `num_devices` enables the mesh checks."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.build import DTYPES
+  from diffdis_jax.nn.dit import parse_dit_name
+  from diffdis_jax.objectives import OBJECTIVES
+  from diffdis_jax.parallel import mesh as mesh_lib
+
+  _one_of(config.method, sorted(OBJECTIVES), 'method')
+  for field in ('total_steps', 'batch_size', 'log_every', 'checkpoint_every', 'sample_every',
+                'keep_checkpoints'):
+    value = config[field]
+    _check(isinstance(value, int) and value > 0,
+           f'{field} must be a positive integer, got {value!r}; pass --config.{field}=N')
+  _check(0.0 <= config.ema_decay < 1.0, f'ema_decay must be in [0, 1), got {config.ema_decay}')
+  _one_of(config.nonfinite, ('skip', 'stop'), 'nonfinite')
+  _one_of(config.compute_dtype, sorted(DTYPES), 'compute_dtype')
+
+  m = config.model
+  try:
+    _, width, heads, patch = parse_dit_name(m.name)
+  except ValueError as e:
+    raise ConfigError(f'model.name: {e}') from None
+  width, heads = m.width or width, m.num_heads or heads
+  _check(width % heads == 0, f'model width {width} is not divisible by {heads} heads')
+  _check(m.input_size % patch == 0,
+         f'model.input_size {m.input_size} is not divisible by the patch size {patch}')
+  _one_of(m.decoder_mode, ('separate', 'split'), 'model.decoder_mode')
+  _one_of(m.infill, ('noisy', 'mask_token'), 'model.infill')
+  depth = m.depth or parse_dit_name(m.name)[0]
+  if m.decoder_mode == 'split':
+    _check(0 <= m.decoder_depth <= depth,
+           f'model.decoder_depth {m.decoder_depth} must be between 0 and the depth {depth}')
+  else:
+    _check(m.decoder_depth >= 1 and m.decoder_width % m.decoder_heads == 0,
+           'a separate decoder needs decoder_depth >= 1 and decoder_width divisible by '
+           'decoder_heads')
+
+  s = config.sddit
+  _check(0.0 <= s.mask_ratio < 1.0, f'sddit.mask_ratio must be in [0, 1), got {s.mask_ratio}')
+  _check(s.dis_weight >= 0, f'sddit.dis_weight must be >= 0, got {s.dis_weight}')
+  _one_of(s.teacher_sigma, TEACHER_SIGMA_POLICIES, 'sddit.teacher_sigma')
+  _one_of(s.gen_loss_tokens, ('all', 'visible'), 'sddit.gen_loss_tokens')
+  _check(not (s.gen_loss_tokens == 'visible' and s.mask_ratio == 0 and s.masked_recon_weight),
+         'sddit.masked_recon_weight needs a mask: set sddit.mask_ratio > 0')
+  _one_of(config.sample.solver, ('heun', 'euler'), 'sample.solver')
+  _check(config.sample.steps >= 1, 'sample.steps must be >= 1')
+
+  _one_of(config.data.name, DATASETS, 'data.name')
+  if config.data.name == 'digits':
+    _check(m.num_classes == 10 and m.in_channels == 1 and m.input_size == config.data.image_size,
+           'the digits data needs model.num_classes=10, model.in_channels=1 and '
+           'model.input_size=data.image_size')
+  elif not config.data.dir or not os.path.isdir(config.data.dir):
+    raise ConfigError(
+        f'dataset {config.data.name} not found at data.dir={config.data.dir!r}; prepare it with '
+        '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
+        '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
+
+  if num_devices is not None:
+    try:
+      sizes = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
+    except mesh_lib.MeshError as e:
+      raise ConfigError(str(e)) from None
+    dp = sizes[0] * sizes[1]
+    _check(config.batch_size % dp == 0,
+           f'batch_size {config.batch_size} is not divisible by the data-parallel size {dp} '
+           '(mesh.data * mesh.fsdp); change --config.batch_size or the mesh')
