@@ -1,0 +1,44 @@
+"""diffdis_jax: SD-DiT and DiffDis in JAX/Flax.
+
+Version ranges are the ones tested: jax 0.10.2 on Python 3.11 (CPU, this project's CI) and
+jax 0.11 on Python 3.12 (GPU hosts).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='diffdis_jax',
+    version='0.1.0',
+    description='SD-DiT and DiffDis: diffusion transformers and UNets with self-supervised '
+                'discrimination, in JAX/Flax',
+    packages=find_packages(include=['diffdis_jax', 'diffdis_jax.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax>=0.10.2,<0.12',
+        'flax>=0.12.0,<0.14',
+        'optax>=0.2.5,<0.3',
+        'orbax-checkpoint>=0.12.0,<0.14',
+        'ml_collections>=1.0,<2',
+        'clu>=0.0.12,<0.1',
+        'grain>=0.2.12,<0.3',
+        'tensorflow-datasets>=4.9.8,<5',
+        'transformers>=5.0,<6',
+        'safetensors>=0.4',
+        'numpy>=1.26',
+        'scipy>=1.11',
+        'pillow>=10',
+        'scikit-learn>=1.4',   # the demo's digits ship with it
+    ],
+    extras_require={
+        # clu's metric writers need TensorFlow and TensorBoard
+        'tf': ['tensorflow-cpu>=2.16', 'tensorboard>=2.16'],
+        'test': [
+            'torch==2.13.0',   # exactly: its CPU wheel is local; others download gigabytes
+            'diffusers>=0.35',
+            'pytest>=8',
+            'pytest-xdist>=3.5',
+            'nbclient>=0.10',
+            'nbformat>=5.10',
+            'ipykernel>=6.29',
+        ],
+    },
+)
