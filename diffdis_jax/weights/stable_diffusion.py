@@ -162,10 +162,8 @@ def _read_component(folder: str, sub: str, weight_file: str):
   for name in (weight_file, weight_file + '.index.json'):
     if os.path.isfile(os.path.join(directory, name)):
       return config, load_safetensors(os.path.join(directory, name))
-  stem = weight_file.removesuffix('.safetensors')
-  pickles = [n for n in sorted(os.listdir(directory))
-             if n.startswith(stem) and n.endswith(PICKLE_SUFFIXES)]
-  if pickles:  # let load_safetensors say how to convert
+  pickles = [n for n in sorted(os.listdir(directory)) if n.endswith(PICKLE_SUFFIXES)]
+  if pickles:  # e.g. pytorch_model.bin: let load_safetensors say how to convert
     load_safetensors(os.path.join(directory, pickles[0]))
   raise FileNotFoundError(f'{directory} holds no {weight_file}; found {sorted(os.listdir(directory))}')
 
@@ -180,14 +178,17 @@ def load_stable_diffusion(folder, *, dtype=jnp.float32,
   """
   from transformers import CLIPTokenizer
   folder = os.fspath(folder)
-  unet, unet_params = from_diffusers_unet(
-      *_read_component(folder, 'unet', 'diffusion_pytorch_model.safetensors'),
-      dtype=dtype, attention_impl=attention_impl)
-  vae, vae_params = from_diffusers_vae(
-      *_read_component(folder, 'vae', 'diffusion_pytorch_model.safetensors'), dtype=dtype)
-  clip, clip_params = from_transformers_clip_text(
-      *_read_component(folder, 'text_encoder', 'model.safetensors'), dtype=dtype,
-      attention_impl=attention_impl)
+  # Read everything before converting anything, so a bad folder fails fast.
+  unet_files = _read_component(folder, 'unet', 'diffusion_pytorch_model.safetensors')
+  vae_files = _read_component(folder, 'vae', 'diffusion_pytorch_model.safetensors')
+  clip_files = _read_component(folder, 'text_encoder', 'model.safetensors')
+  if not os.path.isdir(os.path.join(folder, 'tokenizer')):
+    raise FileNotFoundError(f'{folder}/tokenizer not found (vocab.json, merges.txt)')
+  unet, unet_params = from_diffusers_unet(*unet_files, dtype=dtype,
+                                          attention_impl=attention_impl)
+  vae, vae_params = from_diffusers_vae(*vae_files, dtype=dtype)
+  clip, clip_params = from_transformers_clip_text(*clip_files, dtype=dtype,
+                                                  attention_impl=attention_impl)
   tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, 'tokenizer'))
   scheduler_path = os.path.join(folder, 'scheduler', 'scheduler_config.json')
   scheduler_config = None
