@@ -133,7 +133,7 @@ def test_precision_recall_blocked_equals_brute_force():
     assert pr.precision_recall(real, fake, block_size=block) == pytest.approx(want)
 
 
-# ----------------------------------------------------------------------------- files and all metrics
+# ----------------------------------------------------------------------------- files, all metrics
 
 
 def _activations(rng, n, shift=0.0):
@@ -193,12 +193,31 @@ def test_adm_reference_batch_streams_images(tmp_path, compressed):
     next(fid.iter_npz_array(path, 'arr_1'))
 
 
+def test_evaluate_files_end_to_end(tmp_path):
+  rng = np.random.default_rng(7)
+  proj = rng.normal(size=(48, 24)).astype(np.float32)
+
+  def features(batch):  # a stand-in for the Inception extractor: any batch -> activations
+    x = batch.reshape(len(batch), -1).astype(np.float32) / 255 @ proj
+    return {'pool': x[:, :8], 'spatial': x[:, 8:14], 'logits_unbiased': x[:, 14:]}
+
+  images = rng.integers(0, 256, (120, 4, 4, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'ref.npz', arr_0=images)            # statistics computed from arr_0
+  np.savez(tmp_path / 'same.npz', arr_0=images)
+  np.savez(tmp_path / 'dark.npz', arr_0=images // 4)
+  same = fid.evaluate_files(str(tmp_path / 'same.npz'), str(tmp_path / 'ref.npz'), features,
+                            batch_size=50)
+  assert abs(same['fid']) < 1e-6 and abs(same['sfid']) < 1e-6 and same['recall'] == 1.0
+  dark = fid.evaluate_files(str(tmp_path / 'dark.npz'), str(tmp_path / 'ref.npz'), features)
+  assert dark['fid'] > 1.0 and dark['num_samples'] == 120 and dark['inception_score'] >= 1.0
+
+
 def test_to_uint8():
   np.testing.assert_array_equal(fid.to_uint8(np.array([-1.5, -1.0, 0.0, 0.999, 1.0])),
                                 [0, 0, 128, 255, 255])
 
 
-def test_inception_extractor_pads_and_matches_apply():
+def test_inception_extractor_pads_batches():
   rng = np.random.default_rng(6)
 
   def init(path, leaf):  # He-scaled kernels and identity batch norms keep the signal alive

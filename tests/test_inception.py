@@ -4,13 +4,17 @@ pytorch-fid imports torchvision. PyPI's torchvision wheel is built against CUDA 
 the CPU torch its C++ extension cannot load (libc10_cuda.so is missing). torchvision is written
 to live without the extension (`extension._has_ops()` is then False), except that its
 `_meta_registrations.py` registers fake kernels for `torchvision::nms`/`qnms` unconditionally,
-which fails with "operator torchvision::nms does not exist". `_import_torchvision` below declares
+which fails with "operator torchvision::nms does not exist". `prepare_torchvision` below declares
 those two operator schemas (what the extension would have done) only when the extension cannot
 load, so the pure-Python model code that pytorch-fid uses imports unchanged.
+
+pytorch-fid fetches its weights from the network inside `InceptionV3()`; the test hands it random
+weights instead (its strict `load_state_dict` then checks our key list against its network).
 """
 import glob
 import importlib.util
 import os
+import sys
 
 import flax
 import jax
@@ -24,19 +28,37 @@ from diffdis_jax.nn import inception as inc
 _TORCHVISION_OPS = []  # keeps the torch.library fragment alive
 
 
-def _import_torchvision():
-  spec = importlib.util.find_spec('torchvision')
-  assert spec is not None, 'the test extra installs torchvision and pytorch-fid'
-  folder = spec.submodule_search_locations[0]
+def _torchvision_has_op(name):
   try:
-    torch.ops.load_library(glob.glob(os.path.join(folder, '_C*.so'))[0])
+    getattr(torch.ops.torchvision, name)
+    return True
+  except (AttributeError, RuntimeError):
+    return False
+
+
+def prepare_torchvision():
+  """Lets PyPI's (CUDA-built) torchvision import beside the CPU torch; a no-op where it loads.
+
+  Must run before anything imports torchvision: transformers and diffusers import it when it is
+  installed, so with torchvision in the environment this belongs in conftest.py.
+  """
+  if 'torchvision' in sys.modules or _torchvision_has_op('nms'):
+    return
+  spec = importlib.util.find_spec('torchvision')
+  assert spec is not None, 'the test extra installs torchvision==0.28.0 and pytorch-fid==0.3.0'
+  try:
+    torch.ops.load_library(glob.glob(os.path.join(spec.submodule_search_locations[0], '_C*.so'))[0])
   except (OSError, IndexError):
-    if not _TORCHVISION_OPS:
-      lib = torch.library.Library('torchvision', 'FRAGMENT')
-      lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-      lib.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-      _TORCHVISION_OPS.append(lib)
-  import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    # The two schemas that torchvision's _meta_registrations.py registers fake kernels for
+    # whether or not its extension loaded; the model code never calls them.
+    lib = torch.library.Library('torchvision', 'FRAGMENT')
+    lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    lib.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    _TORCHVISION_OPS.append(lib)
+
+
+def _import_pytorch_fid():
+  prepare_torchvision()
   from pytorch_fid import inception as pytorch_fid_inception  # pylint: disable=g-import-not-at-top
   return pytorch_fid_inception
 
@@ -70,7 +92,7 @@ def _random_state_dict(seed=0):
 
 @pytest.fixture(scope='module')
 def torch_and_flax():
-  pfi = _import_torchvision()
+  pfi = _import_pytorch_fid()
   state = _random_state_dict()
   calls = []
 

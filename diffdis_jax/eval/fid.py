@@ -24,10 +24,13 @@ from typing import Iterable, Iterator, Mapping, Optional
 import warnings
 import zipfile
 
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 from scipy import linalg
 
 from diffdis_jax.eval.precision_recall import precision_recall
+from diffdis_jax.nn.inception import InceptionV3, load_inception_variables
 
 SQRTM_RTOL = 1e-3   # relative Frobenius residual of sqrtm(A) @ sqrtm(A) - A that we accept
 IMAG_ATOL = 1e-3    # largest imaginary part on the diagonal that is numerical noise (ADM's bound)
@@ -63,7 +66,8 @@ def _sqrtm_problem(root: np.ndarray, matrix: np.ndarray) -> Optional[str]:
 
 def frechet_distance(a: Statistics, b: Statistics, eps: float = 1e-6) -> float:
   """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)), in float64."""
-  mu1, mu2 = np.atleast_1d(np.asarray(a.mu, np.float64)), np.atleast_1d(np.asarray(b.mu, np.float64))
+  mu1 = np.atleast_1d(np.asarray(a.mu, np.float64))
+  mu2 = np.atleast_1d(np.asarray(b.mu, np.float64))
   s1 = np.atleast_2d(np.asarray(a.sigma, np.float64))
   s2 = np.atleast_2d(np.asarray(b.sigma, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
@@ -263,7 +267,7 @@ def compute_metrics(samples: Mapping[str, np.ndarray], reference, *, k: int = 3,
   return out
 
 
-# ----------------------------------------------------------------------------- Inception features
+# ----------------------------------------------------------------------------- Inception
 
 
 def to_uint8(images) -> np.ndarray:
@@ -280,10 +284,6 @@ class InceptionExtractor:
 
   def __init__(self, variables, *, preprocess: str = 'adm', batch_size: int = 200,
                keys=('pool', 'spatial', 'logits_unbiased'), devices=None):
-    import jax  # pylint: disable=g-import-not-at-top
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-    from diffdis_jax.nn.inception import InceptionV3  # pylint: disable=g-import-not-at-top
-
     devices = list(devices or jax.local_devices())
     mesh = Mesh(np.array(devices), ('batch',))
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
@@ -292,12 +292,10 @@ class InceptionExtractor:
     self._variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
     net = InceptionV3(preprocess=preprocess)
     self._apply = jax.jit(lambda v, x: {k: net.apply(v, x)[k] for k in self.keys})
-    self._jax = jax
 
   @classmethod
   def from_file(cls, path: str, **kwargs) -> 'InceptionExtractor':
     """From a safetensors file of pytorch-fid's weights (see `nn/inception.py`)."""
-    from diffdis_jax.nn.inception import load_inception_variables  # pylint: disable=g-import-not-at-top
     if not os.path.exists(path):
       raise FileNotFoundError(f'Inception weights {path} do not exist; see nn/inception.py for '
                               'the one-line conversion of pytorch-fid weights to safetensors')
@@ -314,7 +312,18 @@ class InceptionExtractor:
       if count < self.batch_size:
         pad = np.zeros((self.batch_size - count, *chunk.shape[1:]), chunk.dtype)
         chunk = np.concatenate([chunk, pad])
-      result = self._apply(self._variables, self._jax.device_put(chunk, self._batch_sharding))
+      result = self._apply(self._variables, jax.device_put(chunk, self._batch_sharding))
       for k in self.keys:
         outputs[k].append(np.asarray(result[k])[:count])
     return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def evaluate_files(samples_path: str, reference_path: str, extractor: InceptionExtractor,
+                   batch_size: int = 250, **metric_kwargs) -> dict[str, float]:
+  """Every metric for an ADM-format samples `.npz` (uint8 `arr_0`) against a reference `.npz`.
+
+  What `--mode=eval` needs: streams both files through the Inception `extractor`.
+  """
+  reference = read_reference(reference_path, extractor, batch_size)
+  samples = extract_from_batches(extractor, iter_npz_array(samples_path, 'arr_0', batch_size))
+  return compute_metrics(samples, reference, **metric_kwargs)

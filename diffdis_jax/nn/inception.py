@@ -53,6 +53,10 @@ BN_EPS = 1e-3
 CONV_AXES = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
 
 
+def _precision(dtype):
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
 def _pair(v: IntPair) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -103,7 +107,11 @@ def resize_bilinear(images, size: int, mode: str):
 
 
 class BasicConv(nn.Module):
-  """Conv (no bias) -> batch norm with frozen statistics (eps 1e-3) -> ReLU."""
+  """Conv (no bias) -> batch norm with frozen statistics (eps 1e-3) -> ReLU.
+
+  float32 convolutions run at full precision: by default TPUs (bf16 passes) and GPUs (TF32)
+  round their inputs, while the reference implementations compute in full float32.
+  """
   features: int
   kernel_size: IntPair = 1
   strides: IntPair = 1
@@ -116,7 +124,8 @@ class BasicConv(nn.Module):
     y = nn.Conv(
         self.features, _pair(self.kernel_size), strides=_pair(self.strides),
         padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-        param_dtype=jnp.float32, kernel_init=partitioned(nn.initializers.lecun_normal(), CONV_AXES),
+        param_dtype=jnp.float32, precision=_precision(self.dtype),
+        kernel_init=partitioned(nn.initializers.lecun_normal(), CONV_AXES),
         name='conv')(x.astype(self.dtype))
     return nn.relu(FrozenBatchNorm(name='bn')(y)).astype(self.dtype)
 
