@@ -53,7 +53,7 @@ class UNet2DCondition(nn.Module):
   flip_sin_to_cos: bool = True
   freq_shift: float = 0.0
   downsample_padding: int = 1
-  mid_block: bool = True                    # UNetMidBlock2DCrossAttn, or none
+  mid_block_type: Optional[str] = 'UNetMidBlock2DCrossAttn'  # or None: no mid block
   attention_impl: Optional[str] = None
   dtype: Any = jnp.float32
 
@@ -85,7 +85,9 @@ class UNet2DCondition(nn.Module):
                   transformer_depth=depth[i], downsample_padding=self.downsample_padding,
                   **common)
         for i, kind in enumerate(self.down_block_types)]
-    if self.mid_block:
+    if self.mid_block_type not in ('UNetMidBlock2DCrossAttn', None):
+      raise ValueError(f'unsupported mid block {self.mid_block_type!r}')
+    if self.mid_block_type is not None:
       self.mid = MidBlock(channels[-1], heads[-1], transformer_depth=depth[-1], **common,
                           name='mid_block')
     # The up path mirrors the down path: level i of it works at channels[-1 - i].
@@ -109,7 +111,7 @@ class UNet2DCondition(nn.Module):
     for block in self.down_blocks:
       h, level_skips = block(h, temb, context)
       skips.extend(level_skips)
-    if self.mid_block:
+    if self.mid_block_type is not None:
       h = self.mid(h, temb, context)
     for block in self.up_blocks:
       n = block.num_layers

@@ -63,8 +63,8 @@ def from_diffusers_unet(config: Mapping, state_dict: Mapping[str, np.ndarray], *
     value = config_value(config, name, getattr(defaults, name))
     fields[name] = value if isinstance(value, (int, float, bool, str)) or value is None \
         else _as_tuple(value)
-  unet = UNet2DCondition(**fields, mid_block=config.get('mid_block_type',
-                                                         'UNetMidBlock2DCrossAttn') is not None,
+  unet = UNet2DCondition(**fields, mid_block_type=config.get('mid_block_type',
+                                                              'UNetMidBlock2DCrossAttn'),
                          attention_impl=attention_impl, dtype=dtype)
   side = 2 ** (levels - 1)
   expected = expected_params(unet, jnp.zeros((1, side, side, fields['in_channels'])),
