@@ -78,6 +78,14 @@ def test_cached_and_deterministic(metric, cache_dir, monkeypatch):
   assert not _equal(dm.train_classifier(seed=1, size=16), metric.params)
 
 
+def test_other_image_sizes():
+  """Any `size` works: the classifier resizes to 16 x 16 (8 x 8 here: the original digits)."""
+  small = dm.DigitsMetric.create(seed=0, size=8)
+  assert small.test_accuracy > 0.9
+  real = load_digits('train', 8)['image'][:297]
+  assert small.evaluate(real)['fd_digits'] < small.evaluate(real[:, ::-1])['fd_digits'] / 3
+
+
 def test_rejects_bad_input_and_foreign_cache(metric, tmp_path):
   with pytest.raises(ValueError, match=r'\(n, 16, 16, 1\)'):
     metric.features(np.zeros((3, 8, 8, 1)))

@@ -147,6 +147,16 @@ def test_pytorch_resize_matches_interpolate(size):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
 
 
+@pytest.mark.parametrize('size', [(5, 7), (256, 256), (512, 300)])
+def test_adm_resize_matches_tensorflow_resize_bilinear(size):
+  """ADM's graph resizes with TF1 ResizeBilinear (align_corners=False, no half-pixel centres)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the tf extra installs it)
+  x = np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32)
+  want = tf.compat.v1.image.resize_bilinear(x, (299, 299), align_corners=False,
+                                            half_pixel_centers=False).numpy()
+  np.testing.assert_allclose(inc.resize_bilinear(x, 299, 'adm'), want, rtol=0, atol=1e-4)
+
+
 def test_adm_resize_is_tf1_legacy_bilinear():
   # TF1 ResizeBilinear (no half-pixel centres), 2 -> 4: sources at 0, 0.5, 1, 1.5 (clamped).
   np.testing.assert_allclose(inc.resize_matrix(2, 4, 'adm'),
