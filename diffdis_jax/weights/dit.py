@@ -74,7 +74,7 @@ def from_diffusers_dit(config: Mapping, state_dict: Mapping[str, np.ndarray], **
   heads, head_dim = config['num_attention_heads'], config['attention_head_dim']
   in_channels = config_value(config, 'in_channels', 4)
   depth = config['num_layers']
-  _check_embedder_copies(state_dict, depth)
+  _check_embedder_copies(state_dict)
   block = r'^transformer_blocks\.(\d+)\.'
   rules = [
       (r'^transformer_blocks\.0\.norm1\.emb\.timestep_embedder\.', 't_embedder.'),
@@ -100,7 +100,7 @@ def from_diffusers_dit(config: Mapping, state_dict: Mapping[str, np.ndarray], **
       time_freq_shift=1.0, **{'decoder_depth': min(8, depth), **overrides})
 
 
-def _check_embedder_copies(state_dict, depth):
+def _check_embedder_copies(state_dict):
   differ = []
   for key, value in state_dict.items():
     prefix, sep, rest = key.partition('.norm1.emb.')
