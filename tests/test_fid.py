@@ -228,7 +228,9 @@ def test_inception_extractor_pads_batches():
 
   variables = jax.tree_util.tree_map_with_path(init, inception.abstract_variables())
   images = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
-  extractor = fid.InceptionExtractor(variables, batch_size=2)
+  # two devices (conftest makes 8 CPU ones): batches of 2 split 1 + 1, the last one padded
+  extractor = fid.InceptionExtractor(variables, batch_size=2, devices=jax.local_devices()[:2])
+  assert extractor.batch_size == 2
   got = extractor(images)
   assert {k: v.shape for k, v in got.items()} == {
       'pool': (3, 2048), 'spatial': (3, 2023), 'logits_unbiased': (3, 1008)}
