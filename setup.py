@@ -34,6 +34,10 @@ setup(
         'test': [
             'torch==2.13.0',   # exactly: its CPU wheel is local; others download gigabytes
             'diffusers>=0.35',
+            # pytorch-fid's InceptionV3 is the FID reference; torchvision 0.28 pairs with torch
+            # 2.13 (tests/torch_compat.py lets its CUDA build import beside the CPU torch)
+            'torchvision==0.28.0',
+            'pytorch-fid==0.3.0',
             'pytest>=8',
             'pytest-xdist>=3.5',
             'nbclient>=0.10',

@@ -118,8 +118,10 @@ class Trainer:
     target = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     return checkpointer.restore(step, target, data_iterator)
 
-  def train(self):
+  def train(self, stop_at: int | None = None):
+    """Train to `config.total_steps` (or only to step `stop_at`, saving there)."""
     config, workdir = self.config, self.workdir
+    last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
     check_workdir(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_identity(config, workdir)
@@ -142,20 +144,23 @@ class Trainer:
                  dict(self.mesh.shape))
     writer.write_scalars(start, {'compile_seconds': self.compile_seconds})
 
-    for step in range(start + 1, config.total_steps + 1):
+    window = MetricWindow()
+    for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, self.shard(next(data_it)))
+      if config.nonfinite == 'stop' and not bool(metrics['finite']):  # a host sync per step
+        raise FloatingPointError(f'non-finite loss or gradients at step {step}; stopping '
+                                 'without saving (nonfinite=stop)')
+      window.add(metrics)
       for hook in hooks:
         hook(step)
-      if step % config.log_every == 0 or step == config.total_steps:
-        metrics = jax.device_get(metrics)
+      if step % config.log_every == 0 or step == last:
+        metrics = window.mean_and_reset()
         writer.write_scalars(step, metrics)
         jsonl.write(step, metrics)
-        if config.nonfinite == 'stop' and not metrics['finite']:
-          raise FloatingPointError(f'non-finite loss or gradients at step {step}')
       if step % config.sample_every == 0 or step == config.total_steps:
         self.write_samples(sample_fn, state.ema_params, step, writer)
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
+      if step % config.checkpoint_every == 0 or step == last:
         checkpointer.save(step, state, data_it)
         jsonl.write(step, {'params_fingerprint': ckpt_lib.params_fingerprint(state.params)})
     checkpointer.close()
@@ -175,6 +180,28 @@ class Trainer:
       writer.write_images(step, {'samples': grid[None]})
       logging.info('sample grid: %s', path)
     return grid
+
+
+class MetricWindow:
+  """Averages step metrics over a logging interval without a host sync per step.
+
+  Counters ('finite', 'skipped_steps') are reported as the window's sum and last value.
+  """
+
+  def __init__(self):
+    self.total, self.count, self.last = None, 0, None
+
+  def add(self, metrics):
+    self.total = metrics if self.total is None else jax.tree.map(jnp.add, self.total, metrics)
+    self.count, self.last = self.count + 1, metrics
+
+  def mean_and_reset(self):
+    total, last = jax.device_get((self.total, self.last))
+    out = {k: float(v) / self.count for k, v in total.items()}
+    out['finite'] = int(total['finite'])  # steps with finite loss and gradients
+    out['skipped_steps'] = int(last['skipped_steps'])
+    self.total, self.count, self.last = None, 0, None
+    return out
 
 
 def _flat(config, prefix=''):
