@@ -94,6 +94,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.per_class = 4             # grid rows
   c.sample.grid_classes = 10         # grid columns: classes 0 .. grid_classes-1 (spread out)
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.digits_samples = 0          # digits only: samples for fd_digits / sample_class_acc
+
   c.data = ml_collections.ConfigDict()
   c.data.name = 'imagenet256_latents'  # 'digits' | 'imagenet256_latents'
   c.data.dir = ''                    # prepared latents (see README: extract_latents)

@@ -32,6 +32,7 @@ def get_config():
   c.sample.steps = 18
   c.sample.per_class = 6
   c.sample.guidance = 1.5
+  c.eval.digits_samples = 500       # fd_digits and sample_class_acc at the end
   c.mesh.data = 1                    # one device is fastest for a model this small
   c.mesh.fsdp = 1
   c.mesh.tensor = 1

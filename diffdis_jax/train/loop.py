@@ -163,10 +163,18 @@ class Trainer:
       if step % config.checkpoint_every == 0 or step == last:
         checkpointer.save(step, state, data_it)
         jsonl.write(step, {'params_fingerprint': ckpt_lib.params_fingerprint(state.params)})
+    if last == config.total_steps and config.data.name == 'digits' and config.eval.digits_samples:
+      scores = self.evaluate_digits(sample_fn, state.ema_params)
+      writer.write_scalars(last, scores)
+      jsonl.write(last, scores)
     checkpointer.close()
     writer.flush()
     writer.close()
     return state
+
+  def evaluate_digits(self, sample_fn, params):
+    """fd_digits and sample_class_acc of class-balanced samples (see eval/digits_metric.py)."""
+    return _digits_eval(self, sample_fn, params)
 
   def write_samples(self, sample_fn, params, step, writer):
     if self.config.model.in_channels not in (1, 3):
@@ -202,6 +210,22 @@ class MetricWindow:
     out['skipped_steps'] = int(last['skipped_steps'])
     self.total, self.count, self.last = None, 0, None
     return out
+
+
+def _digits_eval(trainer, sample_fn, params):
+  from diffdis_jax.eval.digits_metric import DigitsMetric  # pylint: disable=g-import-not-at-top
+  config = trainer.config
+  n, classes = config.eval.digits_samples, config.model.num_classes
+  labels = jnp.arange(n, dtype=jnp.int32) % classes
+  m = config.model
+  noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
+                            (n, m.input_size, m.input_size, m.in_channels))
+  samples = jax.device_get(sample_fn(params, noise, labels))
+  metric = DigitsMetric.create(cache_dir=os.path.join(trainer.workdir, 'digits_classifier'),
+                               seed=0, size=config.data.image_size)
+  scores = metric.evaluate(samples, jax.device_get(labels))
+  logging.info('digits metric on %d samples: %s', n, scores)
+  return scores
 
 
 def _flat(config, prefix=''):
