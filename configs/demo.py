@@ -13,18 +13,18 @@ def get_config():
   c.model.input_size = 16
   c.model.in_channels = 1
   c.model.num_classes = 10
-  c.model.width = 128
-  c.model.depth = 6
+  c.model.width = 96
+  c.model.depth = 4
   c.model.num_heads = 4
   c.model.decoder_depth = 2
-  c.model.decoder_width = 128
+  c.model.decoder_width = 96
   c.model.decoder_heads = 4
   c.model.head = dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3)
-  c.batch_size = 64
-  c.total_steps = 3000
+  c.batch_size = 32
+  c.total_steps = 1500
   c.log_every = 50
-  c.checkpoint_every = 1000
-  c.sample_every = 1000
+  c.checkpoint_every = 500
+  c.sample_every = 500
   c.ema_decay = 0.999
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 100
@@ -33,7 +33,5 @@ def get_config():
   c.sample.per_class = 6
   c.sample.guidance = 1.5
   c.eval.digits_samples = 500       # fd_digits and sample_class_acc at the end
-  c.mesh.data = 1                    # one device is fastest for a model this small
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  c.mesh.data = -1                   # plain data parallelism over whatever devices there are
   return c

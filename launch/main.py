@@ -26,22 +26,55 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
 
 
+class _QuietLibraries:
+  """Drops INFO lines from orbax and grain (dozens per checkpoint); warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(
+        part in record.pathname for part in ('/orbax/', '/grain/', '/etils/'))
+
+
 def fail(message: str):
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
 
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def parse_flags(argv):
   """absl flag parsing with every failure reported as a single line."""
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path.split(':', 1)[0]):
+    fail(f'config file {path!r} not found; pass --config=configs/<name>.py '
+         f'(one of: {", ".join(sorted(_known_configs()))})')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0])
-  except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
-    fail(f'bad --config: {str(e).strip(chr(34)).splitlines()[0]}')
+  except (KeyError, AttributeError) as e:
+    name = str(e.args[0] if e.args else e).strip('\'"')
+    culprit = next((a.split('=', 1)[0] for a in argv
+                    if a.startswith('--config.') and f'.{name}' in a.split('=', 1)[0]),
+                   f'--config...{name}')
+    fail(f'unknown config field in {culprit}: {path} has no field {name!r} '
+         '(the shared fields are listed in configs/common.py)')
   except Exception as e:  # pylint: disable=broad-except
     # config files are Python: surface their own errors in one line too
-    fail(f'bad --config: {type(e).__name__}: {e}')
+    fail(f'bad --config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+
+
+def _known_configs():
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  return [f'configs/{f}' for f in os.listdir(folder)
+          if f.endswith('.py') and f not in ('__init__.py', 'common.py')
+          and not f.endswith('_common.py')]
 
 
 def main(argv):
@@ -51,6 +84,9 @@ def main(argv):
   from diffdis_jax import validate
   from diffdis_jax.parallel import distributed
 
+  # jax's start-up chatter would bury a one-line answer to bad input: INFO logs resume once
+  # the config is known to be good
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if config is None:
     fail('--config is required, e.g. --config=configs/demo.py')
@@ -68,6 +104,8 @@ def main(argv):
     loop.check_workdir(config, workdir)
   except loop.WorkdirMismatch as e:
     fail(str(e))
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('config:\n%s', config)
   if _MODE.value == 'train':
     loop.train_and_evaluate(config, workdir)
