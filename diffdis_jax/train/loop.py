@@ -67,9 +67,11 @@ def _write_identity(config, workdir: str):
 class Trainer:
   """Builds everything a run needs; `train()` runs it. Also used by sampling and tests."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, devices=None):
+    """`devices`: the mesh's devices (default all); tests use a subset, e.g. to resume a
+    checkpoint of an 8-device mesh on 2 devices."""
     self.config, self.workdir = config, workdir
-    self.mesh = mesh_lib.make_mesh(config.mesh)
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.model = build.build_model(config)
     self.objective = get_objective(config.method)
     self.tx = step_lib.make_optimizer(config)
