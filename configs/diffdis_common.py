@@ -1,0 +1,68 @@
+"""DiffDis defaults: every choice the paper leaves open, as a field with its best reading.
+
+`diffdis_defaults()` becomes `config.diffdis` of a DiffDis config. The reasons are in
+../shared/papers/diffdis.md (section numbers below) and docs/paper_notes.md. Baselines are
+settings of these fields:
+  generation only      align_mode 'none'          (lambda 0 and no text stream at all)
+  alignment only       gen_weight 0
+  CLIP-style           align_mode 'contrastive'   (same image tower, head on a learned token,
+                                                    no diffusion of e)
+"""
+import ml_collections
+
+
+def diffdis_defaults() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  # -- model (nn/diffdis.py) --
+  d.align_mode = 'diffusion'      # 'diffusion' (DiffDis) | 'contrastive' | 'none' (baselines)
+  d.text_dim = 768                # d_y: CLIP ViT-L/14 projection width in SD 1.x (§1.2)
+  d.head_blocks = 2               # M transformer blocks after the mid block: unknown (§1.1);
+                                  # 2 is a small head next to SD's 16 attention blocks
+  d.image_null = 'learned'        # dropped image condition: a learned per-channel latent,
+                                  # unlike any real latent; 'zeros' is the other reading (§2.5)
+  d.logit_scale_init = 1 / 0.07   # CLIP's temperature; the paper's Eq. 8 has none (§2.4)
+  d.logit_scale_max = 100.0       # CLIP's clamp of exp(logit_scale)
+
+  # -- losses (objectives/diffdis.py) --
+  d.gen_weight = 1.0              # L_IG weight; 0: alignment-only baseline
+  d.align_weight = 1.0            # lambda in L_IG + lambda L_ITA: unknown (§2.5); 1 is the
+                                  # neutral reading, expect to sweep
+  d.gamma = 1.0                   # scale of e_0 in e_t = gamma sqrt(abar) e_0 + ...: unknown
+                                  # (§2.2); 1 is plain DDPM; sweep 1, 0.5, 0.1
+  d.text_prediction = 'x0'        # what the head predicts: 'x0' (main setting, §2.3) | 'epsilon'
+  d.image_prediction = 'epsilon'  # SD 1.x: 'epsilon'; SD 2.x 768 px: 'v_prediction'
+  d.context_dropout = 0.1         # P(c -> empty-prompt embedding), generation pass (§2.5)
+  d.image_dropout = 0.1           # P(image condition -> null), alignment pass (§2.5)
+  d.align_image_timestep = 0      # UNet time index of the clean image in the alignment pass
+  d.positives = 'diagonal'        # InfoNCE positives: 'diagonal' (paper, CLIP) | 'same_query'
+                                  # (identical e are positives) | 'same_label' (batch['label'])
+  d.regression_weight = 0.0       # optional MSE of the prediction (x0 or eps of e); paper: none
+  d.normalize_query = True        # L2-normalise batch['query'] (idempotent for CLIP's e)
+
+  # -- text query and condition (data preparation; objectives/diffdis.text_query) --
+  d.query = 'projected_eot'       # e = L2norm(text_projection(h_EOT)) (§1.2) | 'eot' (no
+                                  # projection) | 'mean' (masked mean of the last hidden states)
+  d.context_length = 77           # tokens of c (SD: 77)
+  d.context_dim = 768             # width of c (SD 1.x: 768)
+
+  # -- SD's noise schedule (diffusion/ddpm.py), shared by both streams (§2.1, §2.2) --
+  d.num_train_timesteps = 1000
+  d.beta_start = 0.00085
+  d.beta_end = 0.012
+  d.beta_schedule = 'scaled_linear'
+
+  # -- zero-shot classification and retrieval (eval/zeroshot.py, §3.2) --
+  d.zeroshot = ml_collections.ConfigDict()
+  d.zeroshot.steps = 20           # DDIM steps over e: unknown; the text signal is swamped
+                                  # above small t, so few steps suffice
+  d.zeroshot.guidance = 2.0       # CFG scale on the image condition (paper's 1 + w); unknown
+  d.zeroshot.spacing = 'trailing' # start at t = T-1: the start is pure noise
+  d.zeroshot.seeds = 1            # noise draws averaged per image (unit vectors, then mean)
+  d.zeroshot.templates = ('a photo of a {}.',)  # CLIP-style; ensembling = mean of unit vectors
+
+  # -- text-to-image sampling (eval/sample_diffdis.py, §3.1) --
+  d.sample = ml_collections.ConfigDict()
+  d.sample.steps = 50             # SD's usual DDIM setting
+  d.sample.guidance = 7.5         # CFG on c: SD's usual scale
+  d.sample.spacing = 'leading'    # SD pipeline's DDIM default (steps_offset 1)
+  return d
