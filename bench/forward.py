@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from diffdis_jax import weights  # noqa: E402
+from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
 from diffdis_jax.weights.convert import expected_params  # noqa: E402
 
 # Full-size configs, as in the SD 1.5 / SD VAE / CLIP ViT-L/14 config.json files.
@@ -75,6 +76,7 @@ def random_params(module, *example_args, seed=0):
 
 def build(name: str, small: bool, with_torch: bool):
   """(our module, params, torch peer or None)."""
+  prepare_torchvision()  # transformers/diffusers import torchvision
   import torch
   torch.manual_seed(0)
   if name == 'unet-sd15':

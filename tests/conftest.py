@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
-from torch_compat import prepare_torchvision  # noqa: E402
+from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
 
 prepare_torchvision()
 

@@ -1,6 +1,6 @@
 """The Flax FID Inception against pytorch-fid's InceptionV3 (torch CPU) on random weights.
 
-pytorch-fid imports torchvision; see tests/torch_compat.py for how PyPI's torchvision is made
+pytorch-fid imports torchvision; see diffdis_jax/torch_peers.py for how PyPI's torchvision is made
 to import beside the CPU torch (conftest.py does it before any test imports torch libraries).
 
 pytorch-fid fetches its weights from the network inside `InceptionV3()`; the test hands it random
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from diffdis_jax.nn import inception as inc
-from torch_compat import prepare_torchvision
+from diffdis_jax.torch_peers import prepare_torchvision
 
 def _import_pytorch_fid():
   prepare_torchvision()

@@ -6,7 +6,8 @@ load (libc10_cuda.so is missing). torchvision lives without the extension
 kernels for `torchvision::nms`/`qnms` unconditionally, which fails with "operator
 torchvision::nms does not exist". `prepare_torchvision` declares those two operator schemas
 (what the extension would have done) only when the extension cannot load. transformers and
-diffusers import torchvision when it is installed, so conftest.py calls this first.
+diffusers import torchvision when it is installed, so tests (conftest.py) and benchmarks call
+this before importing them. Only the tests and benchmarks use torch; the package does not.
 """
 import glob
 import importlib.util
