@@ -43,6 +43,17 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def parse_mesh_flag(text: str) -> dict[str, int]:
+  """'data:1,fsdp:8,tensor:1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}; omitted axes are 1."""
+  sizes = dict.fromkeys(MESH_AXES, 1)
+  for part in filter(None, (p.strip() for p in text.split(','))):
+    name, _, value = part.partition(':')
+    if name not in sizes or not value.lstrip('-').isdigit():
+      raise MeshError(f'bad mesh entry {part!r} in {text!r}; write e.g. data:1,fsdp:8,tensor:1')
+    sizes[name] = int(value)
+  return sizes
+
+
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_config, len(devices))
@@ -75,3 +86,22 @@ def shard_batch(batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def check_divisible(abstract_tree, shardings):
+  """Raise MeshError naming the first leaf whose sharded dimension the mesh does not divide.
+
+  jit reports this much later and without the parameter's name; the usual fix is a rule in
+  `config.axis_rules` or a mesh whose axis sizes divide the model's widths and heads.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+  for (path, leaf), sharding in zip(leaves, jax.tree.leaves(shardings)):
+    spec = getattr(sharding, 'spec', P())
+    for dim, axes in zip(leaf.shape, spec):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      size = math.prod(sharding.mesh.shape[a] for a in axes)
+      if dim % size:
+        raise MeshError(
+            f'{jax.tree_util.keystr(path)} of shape {leaf.shape} has a dimension of {dim} '
+            f'split over mesh axes {axes} of size {size}, which does not divide it; change the '
+            'mesh or config.axis_rules')
