@@ -4,9 +4,9 @@
   loss_fn(params, batch, rng, aux, step, *, model, config) -> (loss, (metrics, outputs))
   update_aux(aux, params, outputs, step, *, model, config) -> aux
 """
-from diffdis_jax.objectives import sddit
+from diffdis_jax.objectives import diffdis, sddit
 
-OBJECTIVES = {'sddit': sddit}
+OBJECTIVES = {'sddit': sddit, 'diffdis': diffdis}
 
 
 def get_objective(method: str):
