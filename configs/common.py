@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every = 20_000
   c.ema_decay = 0.9999               # sampling EMA
+  c.ema_warmup = True                # decay min(ema_decay, (1+step)/(10+step)) early on
   c.nonfinite = 'skip'               # non-finite loss or gradients: 'skip' the update | 'stop'
   c.compute_dtype = 'float32'        # 'bfloat16' on TPU/GPU
 

@@ -74,7 +74,7 @@ def test_teacher_and_centre_ema_follow_their_formulas():
 
 
 def test_train_step_updates_sampling_ema_by_its_formula():
-  config = tiny_sddit_config(**{'ema_decay': 0.9, 'optim.warmup_steps': 0})
+  config = tiny_sddit_config(**{'ema_decay': 0.9, 'optim.warmup_steps': 0, 'ema_warmup': False})
   model, tx, state, batch = _setup(config)
   new, metrics = jax.jit(step_lib.make_train_step(model, tx, sddit, config))(state, batch)
   assert int(new.step) == 1 and int(metrics['finite']) == 1
@@ -82,6 +82,12 @@ def test_train_step_updates_sampling_ema_by_its_formula():
                new.ema_params, state.ema_params, new.params)
   assert not np.allclose(new.params['blocks_0']['attn']['query']['dense']['kernel'],
                          state.params['blocks_0']['attn']['query']['dense']['kernel'])
+
+
+def test_ema_warmup_schedule():
+  config = tiny_sddit_config(**{'ema_decay': 0.999})
+  decays = [float(step_lib.ema_decay(s, config)) for s in (0, 10, 1000, 100_000)]
+  np.testing.assert_allclose(decays, [0.1, 11 / 20, 1001 / 1010, 0.999], rtol=1e-6)
 
 
 def test_non_finite_step_is_skipped_and_counted():

@@ -49,6 +49,15 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves))
 
 
+def ema_decay(step, config):
+  """The sampling-EMA decay at `step`; with `ema_warmup`, min(decay, (1 + s) / (10 + s)), so
+  that early EMA weights are not dominated by the initialisation."""
+  if not config.ema_warmup:
+    return jnp.float32(config.ema_decay)
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
 def make_train_step(model, tx, objective, config):
   """train_step(state, batch) -> (state, metrics): forward passes, optax update, both EMAs.
 
@@ -62,7 +71,7 @@ def make_train_step(model, tx, objective, config):
                                                 state.step, model=model, config=config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = config.ema_decay
+    decay = ema_decay(state.step, config)
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
     aux = objective.update_aux(state.aux, params, outputs, state.step, model=model,
                                config=config)
