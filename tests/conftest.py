@@ -32,6 +32,7 @@ def tiny_sddit_config(**overrides):
   c.mesh.data = -1
   c.sample.steps = 3
   c.sample.per_class = 1
+  c.eval.digits_samples = 0
   for key, value in overrides.items():
     node = c
     *path, last = key.split('.')

@@ -17,13 +17,17 @@ def _fingerprints(workdir):
 
 def test_demo_loss_falls_over_a_few_dozen_steps(tmp_path):
   config = tiny_sddit_config(**{'total_steps': 60, 'log_every': 10, 'checkpoint_every': 60,
-                                'sample_every': 60, 'optim.warmup_steps': 5, 'batch_size': 32})
+                                'sample_every': 60, 'optim.warmup_steps': 5, 'batch_size': 32,
+                                'eval.digits_samples': 40})
   loop.Trainer(config, str(tmp_path)).train()
   records = [r for r in read_metrics(str(tmp_path)) if 'loss' in r]
   assert [r['step'] for r in records] == list(range(10, 61, 10))
   gen = [r['gen_loss'] for r in records]  # means over 10 steps
   assert gen[-1] < 0.8 * gen[0], gen
   assert all(np.isfinite(r['loss']) for r in records)
+  final = [r for r in read_metrics(str(tmp_path)) if 'fd_digits' in r]
+  assert len(final) == 1 and final[0]['step'] == 60
+  assert np.isfinite(final[0]['fd_digits']) and 0 <= final[0]['sample_class_acc'] <= 1
   # a sample grid was written, as PNG and for TensorBoard
   assert os.listdir(tmp_path / 'samples') == ['step_00000060.png']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))

@@ -176,7 +176,18 @@ class Trainer:
 
   def evaluate_digits(self, sample_fn, params):
     """fd_digits and sample_class_acc of class-balanced samples (see eval/digits_metric.py)."""
-    return _digits_eval(self, sample_fn, params)
+    from diffdis_jax.eval.digits_metric import DigitsMetric  # pylint: disable=g-import-not-at-top
+    config, m = self.config, self.config.model
+    n = config.eval.digits_samples
+    labels = jnp.arange(n, dtype=jnp.int32) % m.num_classes
+    noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
+                              (n, m.input_size, m.input_size, m.in_channels))
+    samples = jax.device_get(sample_fn(params, noise, labels))
+    metric = DigitsMetric.create(cache_dir=os.path.join(self.workdir, 'digits_classifier'),
+                                 seed=0, size=config.data.image_size)
+    scores = metric.evaluate(samples, jax.device_get(labels))
+    logging.info('digits metric on %d samples: %s', n, scores)
+    return scores
 
   def write_samples(self, sample_fn, params, step, writer):
     if self.config.model.in_channels not in (1, 3):
@@ -212,22 +223,6 @@ class MetricWindow:
     out['skipped_steps'] = int(last['skipped_steps'])
     self.total, self.count, self.last = None, 0, None
     return out
-
-
-def _digits_eval(trainer, sample_fn, params):
-  from diffdis_jax.eval.digits_metric import DigitsMetric  # pylint: disable=g-import-not-at-top
-  config = trainer.config
-  n, classes = config.eval.digits_samples, config.model.num_classes
-  labels = jnp.arange(n, dtype=jnp.int32) % classes
-  m = config.model
-  noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
-                            (n, m.input_size, m.input_size, m.in_channels))
-  samples = jax.device_get(sample_fn(params, noise, labels))
-  metric = DigitsMetric.create(cache_dir=os.path.join(trainer.workdir, 'digits_classifier'),
-                               seed=0, size=config.data.image_size)
-  scores = metric.evaluate(samples, jax.device_get(labels))
-  logging.info('digits metric on %d samples: %s', n, scores)
-  return scores
 
 
 def _flat(config, prefix=''):
