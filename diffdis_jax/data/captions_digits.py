@@ -1,0 +1,137 @@
+"""scikit-learn's digits with captions, and a word-level CLIP tokenizer for their vocabulary.
+
+The DiffDis demo pairs each digit image with a caption drawn from several templates ("a
+handwritten digit seven", "the number 7", ...). Because the vocabulary is a few dozen words,
+the tokenizer is transformers' own `CLIPTokenizer` built from a vocab.json / merges.txt that
+this module writes: every word of the vocabulary is one token (its BPE merges spell it out
+letter by letter), and anything else falls back to single characters. Token ids 0 and 1 are
+<|startoftext|> and <|endoftext|> (also the padding), so `CLIPTextModel(eos_token_id=1)`
+pools at the first end-of-text token.
+
+    tok = build_tokenizer()                           # or build_tokenizer(folder) to keep files
+    ids, mask = tokenize(tok, ['a handwritten digit seven'], max_length=MAX_LENGTH)
+    table = caption_table()                           # (10, templates) caption strings
+    caps = sample_captions(labels, rng)               # one random template per image
+
+Images and the train/test split are those of `data/digits.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+from diffdis_jax.data.digits import DIGIT_NAMES, NUM_CLASSES, load_digits
+
+# {name}: the digit's word ("seven"); {digit}: the numeral ("7")
+TEMPLATES = (
+    'a handwritten digit {name}',
+    'the number {name}',
+    'a drawing of the digit {digit}',
+    'a small picture of a {name}',
+    'the handwritten number {digit}',
+    'an image of the digit {name}',
+)
+# zero-shot candidates: class prompts, '{}' is the class name (eval/zeroshot.class_queries)
+CLASS_TEMPLATES = ('a handwritten digit {}', 'the number {}', 'an image of the digit {}')
+CLASS_NAMES = DIGIT_NAMES
+MAX_LENGTH = 10          # <|startoftext|> + the longest caption (6 words) + <|endoftext|>, padded
+BOS, EOS = '<|startoftext|>', '<|endoftext|>'
+END_OF_WORD = '</w>'
+# characters any text may fall back to (lower-case: the tokenizer lower-cases first)
+FALLBACK_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789.,!?\'-'
+
+
+def caption(label: int, template: int) -> str:
+  return TEMPLATES[template].format(name=DIGIT_NAMES[label], digit=str(label))
+
+
+def caption_table() -> np.ndarray:
+  """(10, len(TEMPLATES)) array of every caption, row = class."""
+  return np.array([[caption(c, t) for t in range(len(TEMPLATES))] for c in range(NUM_CLASSES)])
+
+
+def sample_captions(labels, rng: np.random.Generator) -> list[str]:
+  """One caption per label with a uniformly drawn template."""
+  templates = rng.integers(0, len(TEMPLATES), size=len(labels))
+  return [caption(int(c), int(t)) for c, t in zip(labels, templates)]
+
+
+def vocabulary() -> list[str]:
+  """Sorted words of every caption and class prompt."""
+  texts = list(caption_table().ravel())
+  texts += [t.format(n) for t in CLASS_TEMPLATES for n in CLASS_NAMES]
+  return sorted({w for text in texts for w in text.lower().split()})
+
+
+def _vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+  """A BPE vocabulary in which each of `words` is a single token.
+
+  Single characters (alone and word-final, with '</w>') come first, then each word's merges
+  left to right: 's e', 'se v', 'sev e', 'seve n</w>' make 'seven</w>'. tokenizers requires
+  every merge result to be in the vocabulary, so the prefixes are tokens too.
+  """
+  vocab = {BOS: 0, EOS: 1}
+  merges: list[str] = []
+
+  def add(token):
+    if token not in vocab:
+      vocab[token] = len(vocab)
+
+  for ch in FALLBACK_CHARS:
+    add(ch)
+    add(ch + END_OF_WORD)
+  for word in words:
+    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
+    for ch in symbols:
+      add(ch)
+    while len(symbols) > 1:
+      merged = symbols[0] + symbols[1]
+      rule = f'{symbols[0]} {symbols[1]}'
+      if rule not in merges:
+        merges.append(rule)
+      add(merged)
+      symbols = [merged] + symbols[2:]
+  return vocab, merges
+
+
+def write_tokenizer_files(folder: str, words: Optional[Sequence[str]] = None) -> str:
+  """Write vocab.json and merges.txt for `words` (default: `vocabulary()`) into `folder`."""
+  vocab, merges = _vocab_and_merges(vocabulary() if words is None else words)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, 'vocab.json'), 'w') as f:
+    json.dump(vocab, f)
+  with open(os.path.join(folder, 'merges.txt'), 'w') as f:
+    f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
+  return folder
+
+
+def build_tokenizer(folder: Optional[str] = None):
+  """transformers' CLIPTokenizer over the captions' vocabulary.
+
+  Loaded with `from_pretrained(folder)`, the way SD folders load theirs (transformers 5.x
+  ignores a `vocab_file=` keyword). Without `folder` the files live in a temporary directory
+  only while loading.
+  """
+  from transformers import CLIPTokenizer  # pylint: disable=g-import-not-at-top
+  if folder is not None:
+    return CLIPTokenizer.from_pretrained(write_tokenizer_files(folder))
+  with tempfile.TemporaryDirectory() as tmp:
+    return CLIPTokenizer.from_pretrained(write_tokenizer_files(tmp))
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH):
+  """(input_ids, attention_mask), int32 (len(texts), max_length), padded with <|endoftext|>."""
+  out = tokenizer(list(texts), padding='max_length', max_length=max_length, truncation=True,
+                  return_tensors='np')
+  return out['input_ids'].astype(np.int32), out['attention_mask'].astype(np.int32)
+
+
+def load_captioned_digits(split: str = 'train', size: int = 16, seed: int = 0) -> dict:
+  """`load_digits` plus one seeded caption per image: {'image', 'label', 'caption'}."""
+  data = load_digits(split, size)
+  captions = sample_captions(data['label'], np.random.default_rng(seed))
+  return dict(data, caption=np.array(captions))
