@@ -82,6 +82,9 @@ class Trainer:
     self._init = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=self.state_shardings)
     self._rng = rng
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+    # XLA options for the step's compile, e.g. {'xla_backend_optimization_level': 0}: tests
+    # use it to halve CPU compile times
+    self.compiler_options = None
 
   def init_state(self):
     return self._init(self._rng)
@@ -102,7 +105,7 @@ class Trainer:
                      donate_argnums=0)
     t0 = time.perf_counter()
     abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    compiled = jitted.lower(abstract_state, self.abstract_batch()).compile()
+    compiled = jitted.lower(abstract_state, self.abstract_batch()).compile(self.compiler_options)
     self.compile_seconds = time.perf_counter() - t0
     logging.info('train step compiled in %.1f s', self.compile_seconds)
     return compiled
