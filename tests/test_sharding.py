@@ -99,6 +99,13 @@ def test_tensor_axis_splits_heads_and_the_batch_goes_over_data_and_fsdp(tmp_path
   assert len(rows) == 4 and all(len(d) == 2 for d in rows.values())
 
 
+def test_a_width_the_mesh_does_not_divide_is_named_before_compiling(tmp_path):
+  trainer = loop.Trainer(_config((1, 8, 1), **{'model.width': 36}), str(tmp_path))
+  with pytest.raises(mesh_lib.MeshError, match=r"of 36 split over mesh axes \('fsdp',\) of size 8"):
+    mesh_lib.check_divisible(trainer.abstract_state, trainer.state_shardings)
+  assert mesh_lib.parse_mesh_flag('fsdp:8') == {'data': 1, 'fsdp': 8, 'tensor': 1}
+
+
 def test_mesh_must_use_every_device():
   with pytest.raises(mesh_lib.MeshError, match='8 devices'):
     mesh_lib.make_mesh(dict(data=2, fsdp=2, tensor=1))
