@@ -21,7 +21,7 @@ def get_config():
   c.model.decoder_heads = 4
   c.model.head = dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3)
   c.batch_size = 32
-  c.total_steps = 1500
+  c.total_steps = 1000
   c.log_every = 50
   c.checkpoint_every = 500
   c.sample_every = 500
@@ -32,6 +32,6 @@ def get_config():
   c.sample.steps = 18
   c.sample.per_class = 6
   c.sample.guidance = 1.5
-  c.eval.digits_samples = 500       # fd_digits and sample_class_acc at the end
+  c.eval.digits_samples = 300       # fd_digits and sample_class_acc at the end
   c.mesh.data = -1                   # plain data parallelism over whatever devices there are
   return c
