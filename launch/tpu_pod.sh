@@ -56,8 +56,10 @@ TRAIN_ARGS=("$@")
 
 [[ -n "$NAME" ]] || die '--name is required'
 [[ -n "$ZONE" ]] || die '--zone is required'
-printf '%s\n' "${TRAIN_ARGS[@]}" | grep -q '^--config=' || die 'pass --config=... after --'
-printf '%s\n' "${TRAIN_ARGS[@]}" | grep -q '^--workdir=' || die 'pass --workdir=... after --'
+# (a loop, not `printf | grep -q`: grep's early exit would SIGPIPE printf under pipefail)
+has_flag() { local a; for a in "${TRAIN_ARGS[@]}"; do [[ "$a" == "$1"=* ]] && return 0; done; return 1; }
+has_flag --config || die 'pass --config=... after --'
+has_flag --workdir || die 'pass --workdir=... after --'
 
 if [[ -z "$VERSION" ]]; then  # the TPU VM base images of each generation
   case "$ACCEL" in
