@@ -192,16 +192,18 @@ class Trainer:
     logging.info('digits metric on %d samples: %s', n, scores)
     return scores
 
-  def write_samples(self, sample_fn, params, step, writer):
+  def write_samples(self, sample_fn, params, step, writer, name=None):
+    """The class-conditional grid as samples/<name or step_N>.png (and to TensorBoard)."""
     if self.config.model.in_channels not in (1, 3):
       logging.info('sample grid skipped: latents need a VAE decoder to be shown')
       return None
     rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
     grid = sample_lib.sample_grid(sample_fn, params, self.config, rng)
     if jax.process_index() == 0:
-      path = os.path.join(self.workdir, 'samples', f'step_{step:08d}.png')
+      path = os.path.join(self.workdir, 'samples', name or f'step_{step:08d}.png')
       sample_lib.save_png(path, grid, upscale=4)
-      writer.write_images(step, {'samples': grid[None]})
+      if writer is not None:
+        writer.write_images(step, {'samples': grid[None]})
       logging.info('sample grid: %s', path)
     return grid
 
@@ -250,10 +252,6 @@ def sample_from_checkpoint(config, workdir: str):
     raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
   state = trainer.restore_or_init(checkpointer, trainer.data_iterator())
   sample_fn = jax.jit(sample_lib.make_sample_fn(trainer.model, config))
-  rng = jax.random.PRNGKey(config.seed + 1)
-  grid = sample_lib.sample_grid(sample_fn, state.ema_params, config, rng)
-  path = os.path.join(workdir, 'samples', 'final.png')
-  sample_lib.save_png(path, grid, upscale=4)
-  logging.info('sample grid: %s', path)
+  trainer.write_samples(sample_fn, state.ema_params, int(state.step), None, name='final.png')
   checkpointer.close()
-  return path
+  return os.path.join(workdir, 'samples', 'final.png')
