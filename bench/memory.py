@@ -47,38 +47,6 @@ _FAST = flags.DEFINE_bool('fast_compile', True, 'CPU: compile with LLVM at -O0. 
                           'sizes and collectives are fixed before LLVM runs, so the figures '
                           'are the same; the compile takes about half the time.')
 
-COLLECTIVES = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all', 'collective-permute')
-_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
-
-
-def _shape_bytes(text: str) -> int:
-  """Bytes of every array shape such as bf16[16,1152]{1,0} in an HLO result type."""
-  total = 0
-  for dtype, dims in re.findall(r'\b([a-z]+\d*)\[([\d,]*)\]', text):
-    if dtype in _DTYPE_BYTES:
-      total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',') if d)
-  return total
-
-
-def collective_bytes(hlo_text: str) -> dict[str, dict[str, int]]:
-  """Count and result bytes of each collective in an optimised HLO module (one device's).
-
-  Asynchronous pairs are counted once (their -start); ops inside loops count once per
-  appearance, which is exact for the DiT's unrolled block stack.
-  """
-  out = {k: {'count': 0, 'bytes': 0} for k in COLLECTIVES}
-  for line in hlo_text.splitlines():
-    m = re.match(r'\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z\-]+)\(', line)
-    if not m:
-      continue
-    op = m.group(2).removesuffix('-start')
-    if op in out and not m.group(2).endswith('-done'):
-      out[op]['count'] += 1
-      out[op]['bytes'] += _shape_bytes(m.group(1))
-  return {k: v for k, v in out.items() if v['count']}
-
-
 def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
@@ -144,7 +112,7 @@ def main(argv):
     result['peak_bytes_per_device_estimate'] = (
         analysis.get('argument_size_in_bytes', 0) + analysis.get('output_size_in_bytes', 0) -
         analysis.get('alias_size_in_bytes', 0) + analysis.get('temp_size_in_bytes', 0))
-  result['collectives'] = collective_bytes(compiled.as_text())
+  result['collectives'] = footprint.collective_bytes(compiled.as_text())
   try:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -21,6 +21,13 @@ AXIS_RULES = (
     ('proto', None),
     ('vocab', None),
     ('length', None),
+    # activations (nn/layers.py): the batch over both data axes, heads and MLP width over
+    # 'tensor', the residual width whole (it is the 'embed' of weights that fsdp splits)
+    ('activation_batch', ('data', 'fsdp')),
+    ('activation_length', None),
+    ('activation_embed', None),
+    ('activation_heads', 'tensor'),
+    ('activation_mlp', 'tensor'),
 )
 
 

@@ -100,9 +100,8 @@ def test_tensor_axis_splits_heads_and_the_batch_goes_over_data_and_fsdp(tmp_path
 
 
 def test_a_width_the_mesh_does_not_divide_is_named_before_compiling(tmp_path):
-  trainer = loop.Trainer(_config((1, 8, 1), **{'model.width': 36}), str(tmp_path))
   with pytest.raises(mesh_lib.MeshError, match=r"of 36 split over mesh axes \('fsdp',\) of size 8"):
-    mesh_lib.check_divisible(trainer.abstract_state, trainer.state_shardings)
+    loop.Trainer(_config((1, 8, 1), **{'model.width': 36}), str(tmp_path))
   assert mesh_lib.parse_mesh_flag('fsdp:8') == {'data': 1, 'fsdp': 8, 'tensor': 1}
 
 
@@ -156,3 +155,22 @@ def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path):
   a, b = loss(eight), loss(two)
   assert sorted(b) == [1, 2] and a[1] == b[1]
   assert abs(a[2] - b[2]) <= TOL * max(1.0, abs(a[2])), (a, b)
+
+
+@pytest.mark.parametrize('shape', [(1, 8, 1), (2, 2, 2)])
+def test_no_collective_moves_a_global_batch_sized_tensor(tmp_path, shape):
+  # The activation constraints (nn/layers.py `constrain`) keep every batch-sized tensor split
+  # over data x fsdp. Without them XLA replicated the masked student's gathered tokens, the
+  # scatter back into the decoder and the conditioning vector across devices: all-reduces and
+  # all-gathers of the whole global batch, a cost that does not shrink with more devices.
+  # A global batch of 48 is a size no parameter here has, so any collective whose result has
+  # a dimension of 48 carries the global batch. (The full separate decoder and the mask are on.)
+  # Integer tensors are exempt: XLA gathers the class ids (4 bytes an image) for the lookup in
+  # the fsdp-split label table, which is cheaper than gathering the table.
+  global_batch = 48
+  config = _config(shape, batch_size=global_batch, **{'model.decoder_mode': 'separate'})
+  hlo = _trainer(config, tmp_path).compile_step().as_text()
+  offenders = [(kind, shapes) for kind, shapes in footprint.collectives(hlo)
+               if any(global_batch in dims and dtype[0] in 'fb' for dtype, dims in shapes)]
+  assert not offenders, offenders
+  assert footprint.collectives(hlo), 'the sharded step has no collectives at all?'

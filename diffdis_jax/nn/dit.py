@@ -46,8 +46,10 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, c):
+    x = layers.constrain(x, layers.TOKENS)
     mod = layers.Dense(6 * self.width, ('embed', 'modulation'), kernel_init=layers.zeros,
                        dtype=self.dtype, name='adaLN_modulation')(nn.silu(c))
+    mod = layers.constrain(mod, (layers.BATCH, layers.EMBED))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     norm = lambda name: layers.LayerNorm(use_affine=False, dtype=self.dtype, name=name)
     h = layers.modulate(norm('norm1')(x), shift_msa, scale_msa)
@@ -56,7 +58,7 @@ class DiTBlock(nn.Module):
     x = x + gate_msa[:, None, :] * h
     h = layers.modulate(norm('norm2')(x), shift_mlp, scale_mlp)
     h = layers.Mlp(int(self.width * self.mlp_ratio), dtype=self.dtype, name='mlp')(h)
-    return x + gate_mlp[:, None, :] * h
+    return layers.constrain(x + gate_mlp[:, None, :] * h, layers.TOKENS)
 
 
 class FinalLayer(nn.Module):
@@ -141,8 +143,10 @@ class SDDiT(nn.Module):
     return (self.input_size // self.patch) ** 2
 
   def _embed(self, x, t, y):
-    tokens = self.x_embedder(x) + self.pos_embed.astype(self.dtype)
-    c = self.t_embedder(t) + self.y_embedder(y)
+    tokens = self.x_embedder(layers.constrain(x, layers.IMAGE))
+    tokens = layers.constrain(tokens + self.pos_embed.astype(self.dtype), layers.TOKENS)
+    t, y = layers.constrain(t, (layers.BATCH,)), layers.constrain(y, (layers.BATCH,))
+    c = layers.constrain(self.t_embedder(t) + self.y_embedder(y), (layers.BATCH, layers.EMBED))
     return tokens, c
 
   def encode(self, x, t, y, keep_idx=None):
@@ -151,7 +155,8 @@ class SDDiT(nn.Module):
 
   def _encode(self, x, t, y, keep_idx):
     tokens, c = self._embed(x, t, y)
-    h = tokens if keep_idx is None else layers.gather_tokens(tokens, keep_idx)
+    h = tokens if keep_idx is None else layers.constrain(
+        layers.gather_tokens(tokens, keep_idx), layers.TOKENS)
     for blk in self.encoder_blocks:
       h = blk(h, c)
     return h, tokens, c
@@ -160,13 +165,14 @@ class SDDiT(nn.Module):
     if keep_idx is not None:
       fill = tokens if self.infill == 'noisy' else jnp.broadcast_to(
           self.mask_token.astype(self.dtype), tokens.shape)
-      h = layers.scatter_tokens(fill, h, keep_idx)
+      h = layers.constrain(layers.scatter_tokens(fill, h, keep_idx), layers.TOKENS)
     if self.decoder_mode == 'separate':
       h = self.decoder_embed(self.decoder_norm(h)) + self.decoder_pos_embed.astype(self.dtype)
     for blk in self.decoder_blocks:
       h = blk(h, c)
-    out = self.final_layer(h, c)
-    return layers.unpatchify(out, self.patch, self.input_size, self.input_size)
+    out = layers.constrain(self.final_layer(h, c), layers.TOKENS)
+    out = layers.unpatchify(out, self.patch, self.input_size, self.input_size)
+    return layers.constrain(out, layers.IMAGE)
 
   def forward_with_tokens(self, x, t, y, keep_idx=None):
     """Network output (NHWC) and the encoder tokens it was decoded from."""

@@ -35,4 +35,6 @@ class ProjectionHead(nn.Module):
     v = self.param('prototypes', layers.partitioned(_trunc, ('embed', 'proto')),
                    (self.bottleneck, self.out_dim), jnp.float32)
     w = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), 1e-6)
-    return h @ w
+    logits = h @ w
+    return layers.constrain(logits, (layers.BATCH,) + (layers.LENGTH,) * (logits.ndim - 2)
+                            + (None,))

@@ -28,6 +28,50 @@ def partitioned(init: Callable, axes: Sequence[Optional[str]]) -> Callable:
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
+# Logical names of activation dimensions. Parameters are named by what they hold ('embed',
+# 'mlp', ...); activations get their own names so that the rules can split a weight's 'embed'
+# dimension over 'fsdp' while the activations' width stays whole (configs/common.py).
+BATCH, LENGTH, EMBED = 'activation_batch', 'activation_length', 'activation_embed'
+HEADS, MLP = 'activation_heads', 'activation_mlp'
+TOKENS = (BATCH, LENGTH, EMBED)
+IMAGE = (BATCH, None, None, None)
+
+
+def constrain(x, names: Sequence[Optional[str]]):
+  """Pin the layout of an activation by logical axis names.
+
+  Without constraints XLA's sharding propagation is free to replicate batch-sized tensors
+  (e.g. after the token gather of the masked student), which costs an all-reduce of the whole
+  global batch. Outside a mesh and `nn.logical_axis_rules` context this is the identity, so
+  models run unchanged on one device and in tests.
+  """
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+# the activation name of a Dense's input or output, from the kernel's name for that dimension
+_ACTIVATION_OF = {'mlp': MLP, 'heads': HEADS}
+
+
+def _activation_names(ndim: int, kernel_axis: Optional[str]):
+  return (BATCH,) + (LENGTH,) * (ndim - 2) + (_ACTIVATION_OF.get(kernel_axis, EMBED),)
+
+
+def _sharded_dot_general(axes):
+  """`dot_general` for nn.Dense with its operands and result pinned.
+
+  The kernel stays sharded after its cast to the compute dtype, so FSDP gathers bfloat16
+  weights rather than float32 ones; input and output keep the batch split, so XLA gathers the
+  weight instead of the (usually larger) activations.
+  """
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    lhs = constrain(lhs, _activation_names(lhs.ndim, axes[0]))
+    rhs = constrain(rhs, axes)
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                              preferred_element_type=preferred_element_type)
+    return constrain(out, _activation_names(out.ndim, axes[1]))
+  return dot_general
+
+
 class Dense(nn.Module):
   """nn.Dense with logical axis names on its kernel and bias.
 
@@ -48,6 +92,7 @@ class Dense(nn.Module):
         param_dtype=jnp.float32,
         kernel_init=partitioned(self.kernel_init, self.axes),
         bias_init=partitioned(zeros, (self.axes[1],)),
+        dot_general=_sharded_dot_general(self.axes),
         name='dense')(x)
 
 
@@ -106,8 +151,11 @@ class TimestepEmbedder(nn.Module):
                                freq_shift=self.freq_shift).astype(self.dtype)
     h = Dense(self.hidden, ('freq', 'embed'), kernel_init=init, dtype=self.dtype,
               name='linear_1')(freqs)
-    return Dense(self.hidden, ('embed', 'embed_out'), kernel_init=init, dtype=self.dtype,
-                 name='linear_2')(nn.silu(h))
+    # batch-split and whole in width: else XLA may follow the fsdp-split kernel and sum the
+    # second product over devices for the whole global batch
+    h = constrain(h, (BATCH, EMBED))
+    return constrain(Dense(self.hidden, ('embed', 'embed_out'), kernel_init=init,
+                           dtype=self.dtype, name='linear_2')(nn.silu(h)), (BATCH, EMBED))
 
 
 class LabelEmbedder(nn.Module):
@@ -121,7 +169,7 @@ class LabelEmbedder(nn.Module):
     table = self.param('embedding_table',
                        partitioned(nn.initializers.normal(0.02), ('classes', 'embed')),
                        (self.num_classes + 1, self.hidden), jnp.float32)
-    return jnp.take(table, labels, axis=0).astype(self.dtype)
+    return constrain(jnp.take(table, labels, axis=0).astype(self.dtype), (BATCH, EMBED))
 
 
 class Attention(nn.Module):
@@ -145,12 +193,13 @@ class Attention(nn.Module):
     def project(name, inputs):
       y = Dense(width, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
                 name=name)(inputs)
-      return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+      y = y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+      return constrain(y, (BATCH, LENGTH, HEADS, None))
 
     q, k, v = project('query', x), project('key', context), project('value', context)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                        implementation=self.implementation)
-    out = out.reshape(*out.shape[:-2], width)
+    out = constrain(out, (BATCH, LENGTH, HEADS, None)).reshape(*out.shape[:-2], width)
     return Dense(width, ('heads', 'embed'), use_bias=self.out_bias, dtype=self.dtype,
                  name='out')(out)
 
@@ -187,6 +236,7 @@ class Mlp(nn.Module):
       h = Dense(self.hidden, ('embed', 'mlp'), kernel_init=self.kernel_init, dtype=self.dtype,
                 name='fc1')(x)
       h = ACTIVATIONS[self.activation](h)
+    h = constrain(h, (BATCH,) + (LENGTH,) * (h.ndim - 2) + (MLP,))
     return Dense(out, ('mlp', 'embed'), kernel_init=self.kernel_init, dtype=self.dtype,
                  name='fc2')(h)
 
@@ -255,9 +305,14 @@ def gather_tokens(x, keep_idx):
 
 
 def scatter_tokens(fill, kept, keep_idx):
-  """Put `kept` (batch, kept, width) back at `keep_idx` in a copy of `fill` (batch, tokens, width)."""
-  batch = jnp.arange(fill.shape[0])[:, None]
-  return fill.at[batch, keep_idx].set(kept.astype(fill.dtype))
+  """Put `kept` (batch, kept, width) back at `keep_idx` in a copy of `fill` (batch, tokens, width).
+
+  Written per example (vmap) so the scatter has a batch dimension that a sharded batch splits
+  without communication, and with unique indices (kept positions are distinct), whose
+  derivative is a plain gather instead of a scatter of ids to resolve collisions.
+  """
+  put = lambda f, k, i: f.at[i].set(k.astype(f.dtype), unique_indices=True)
+  return jax.vmap(put)(fill, kept, keep_idx)
 
 
 # ----------------------------------------------------------------------------- convolutions

@@ -49,8 +49,11 @@ def random_keep_indices(rng, batch: int, num_tokens: int, mask_ratio: float):
   num_keep = int(num_tokens * (1.0 - mask_ratio))
   if num_keep >= num_tokens:
     return None
-  order = jnp.argsort(jax.random.uniform(rng, (batch, num_tokens)), axis=1)
-  return jnp.sort(order[:, :num_keep], axis=1).astype(jnp.int32)
+  scores = layers.constrain(jax.random.uniform(rng, (batch, num_tokens)),
+                            (layers.BATCH, layers.LENGTH))
+  order = jnp.argsort(scores, axis=1)
+  keep = jnp.sort(order[:, :num_keep], axis=1).astype(jnp.int32)
+  return layers.constrain(keep, (layers.BATCH, layers.LENGTH))
 
 
 def keep_mask(keep_idx, batch: int, num_tokens: int):
@@ -107,7 +110,7 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
 
   # student and teacher views: one noise draw, two noise levels on the same PF-ODE
   sigma_s = edm.sample_sigma(r_sigma, b, e.p_mean, e.p_std)
-  noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
+  noise = layers.constrain(jax.random.normal(r_noise, x0.shape, jnp.float32), layers.IMAGE)
   x_s = x0 + edm.per_sample(sigma_s, x0) * noise
   keep_idx = random_keep_indices(r_mask, b, num_tokens, s.mask_ratio)
   visible = keep_mask(keep_idx, b, num_tokens)
@@ -155,7 +158,7 @@ def _discrimination(params, aux, student_tokens, x0, noise, sigma_s, labels,
   t_tokens = model.apply(teacher_vars, edm.per_sample(c_in_t, x0) * x_t, c_noise_t, labels,
                          method='encode')
   if keep_idx is not None:
-    t_tokens = layers.gather_tokens(t_tokens, keep_idx)
+    t_tokens = layers.constrain(layers.gather_tokens(t_tokens, keep_idx), layers.TOKENS)
   t_tokens = jax.lax.stop_gradient(t_tokens)
 
   temp_t = teacher_temperature(step, config)

@@ -6,6 +6,7 @@ split over ('data', 'fsdp'); parameters follow the logical-axis rules of the con
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -79,6 +80,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def logical_to_shardings(logical_specs, mesh: Mesh, rules):
   """Map a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, [tuple(r) for r in rules])
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules):
+  """Trace under this so the models' activation constraints (nn/layers.py `constrain`) take
+  effect: they need both the mesh and the logical-axis rules; outside, they are no-ops."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules([tuple(r) for r in rules]):
+    yield
 
 
 def shard_batch(batch, mesh: Mesh):

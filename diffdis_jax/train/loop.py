@@ -79,6 +79,8 @@ class Trainer:
     rng = jax.random.PRNGKey(config.seed)
     self.abstract_state, logical = step_lib.unboxed_abstract_state(init_fn, rng)
     self.state_shardings = mesh_lib.logical_to_shardings(logical, self.mesh, config.axis_rules)
+    # a width the mesh does not divide is named here, not deep inside jit's lowering
+    mesh_lib.check_divisible(self.abstract_state, self.state_shardings)
     self._init = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=self.state_shardings)
     self._rng = rng
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
@@ -105,7 +107,9 @@ class Trainer:
                      donate_argnums=0)
     t0 = time.perf_counter()
     abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    compiled = jitted.lower(abstract_state, self.abstract_batch()).compile(self.compiler_options)
+    with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
+      lowered = jitted.lower(abstract_state, self.abstract_batch())
+    compiled = lowered.compile(self.compiler_options)
     self.compile_seconds = time.perf_counter() - t0
     logging.info('train step compiled in %.1f s', self.compile_seconds)
     return compiled
@@ -244,9 +248,9 @@ def train_and_evaluate(config, workdir: str):
   return Trainer(config, workdir).train()
 
 
-def sample_from_checkpoint(config, workdir: str):
+def sample_from_checkpoint(config, workdir: str, trainer: Trainer | None = None):
   """Write the sample grid of the latest checkpoint's EMA parameters to samples/final.png."""
-  trainer = Trainer(config, workdir)
+  trainer = trainer or Trainer(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
