@@ -98,19 +98,23 @@ def main(argv):
   except validate.ConfigError as e:
     fail(str(e))
 
+  from diffdis_jax.parallel import mesh as mesh_lib
   from diffdis_jax.train import loop
   workdir = os.path.abspath(_WORKDIR.value)
   try:
     loop.check_workdir(config, workdir)
-  except loop.WorkdirMismatch as e:
+    # builds the model's abstract state and its layout on the mesh: nothing compiled yet
+    trainer = loop.Trainer(config, workdir)
+  except (loop.WorkdirMismatch, mesh_lib.MeshError) as e:
     fail(str(e))
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.info('%s', distributed.describe())
   logging.info('config:\n%s', config)
   if _MODE.value == 'train':
-    loop.train_and_evaluate(config, workdir)
+    trainer.train()
   else:
-    loop.sample_from_checkpoint(config, workdir)
+    loop.sample_from_checkpoint(config, workdir, trainer)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import logging
 import os
 
 import jax
@@ -14,7 +13,7 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
 
   GPU clusters and local tests pass the coordinator, process count and id explicitly; on a
   TPU pod slice (several hosts) jax detects them itself. Must run before anything touches a
-  device. Logs one line per process: 'process I of N: L local of G devices'.
+  device.
   """
   if coordinator_address is not None or (num_processes or 1) > 1:
     _cpu_collectives()
@@ -24,9 +23,13 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
     jax.distributed.initialize()
   else:
     return
-  logging.info('process %d of %d: %d local of %d devices (%s)', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+
+
+def describe() -> str:
+  """'process I of N: L local of G devices (platform)', for the run's first log lines."""
+  return (f'process {jax.process_index()} of {jax.process_count()}: '
+          f'{jax.local_device_count()} local of {jax.device_count()} devices '
+          f'({jax.devices()[0].platform})')
 
 
 def _cpu_collectives():
