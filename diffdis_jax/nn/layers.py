@@ -53,6 +53,8 @@ _ACTIVATION_OF = {'mlp': MLP, 'heads': HEADS}
 
 
 def _activation_names(ndim: int, kernel_axis: Optional[str]):
+  if ndim < 2:  # no batch dimension: leave the layout to XLA
+    return (None,) * ndim
   return (BATCH,) + (LENGTH,) * (ndim - 2) + (_ACTIVATION_OF.get(kernel_axis, EMBED),)
 
 
