@@ -59,8 +59,9 @@ def check_workdir(config, workdir: str):
 def _write_identity(config, workdir: str):
   path = os.path.join(workdir, 'run_identity.json')
   if jax.process_index() == 0 and not os.path.exists(path):
-    with open(path, 'w') as f:
+    with open(path + '.tmp', 'w') as f:  # a kill mid-write must not leave half a file
       json.dump(_identity(config), f, indent=1, sort_keys=True)
+    os.replace(path + '.tmp', path)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
