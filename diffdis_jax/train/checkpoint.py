@@ -78,8 +78,9 @@ class Checkpointer:
     its step, and the next older one is tried. Intact checkpoints are never touched.
     """
     logged = logged_fingerprints(self.workdir)
-    initial_position = data_iterator.get_state()
-    for step in sorted(self.all_steps(), reverse=True):
+    steps = sorted(self.all_steps(), reverse=True)
+    initial_position = data_iterator.get_state() if steps else None
+    for step in steps:
       state, problem = None, None
       try:
         state = self.restore(step, abstract_state, data_iterator)
@@ -96,7 +97,8 @@ class Checkpointer:
       if not failed:
         return state
       self._set_aside(step, problem or 'another process could not restore it')
-    data_iterator.set_state(initial_position)  # a failed restore may have moved it
+    if initial_position is not None:  # a failed restore may have moved the iterator
+      data_iterator.set_state(initial_position)
     return None
 
   def _set_aside(self, step: int, problem: str):
