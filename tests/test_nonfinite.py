@@ -5,11 +5,16 @@ lr=1e30 makes step 1's update finite but huge (Adam's first step is about lr per
 the forward pass of step 2 overflows: NaN from step 2 on. One compiled step (one device, the
 DiT baseline of the tiny config) serves both runs.
 """
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_sddit_config
+from conftest import ROOT, tiny_sddit_config
+from test_multiprocess import _flags as config_flags
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.train import loop
 from diffdis_jax.train.metrics_log import read_metrics
@@ -22,7 +27,25 @@ OVERRIDES = {
 
 
 @pytest.fixture(scope='module')
-def compiled_step():
+def cli_run(tmp_path_factory):
+  """launch/main.py with nonfinite=stop, started first so that it compiles beside this process."""
+  workdir = tmp_path_factory.mktemp('cli')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+                       '--xla_backend_optimization_level=0')
+  args = [sys.executable, 'launch/main.py', '--config=configs/demo.py', f'--workdir={workdir}',
+          *config_flags(tiny_sddit_config(nonfinite='stop', **OVERRIDES))]
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  yield proc, str(workdir)
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope='module')
+def compiled_step(cli_run):
+  del cli_run  # started before this compile
   trainer = loop.Trainer(tiny_sddit_config(**OVERRIDES), '/nonexistent', jax.devices()[:1])
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
   return trainer.compile_step(), trainer.compile_seconds
@@ -63,3 +86,12 @@ def test_skip_counts_and_saves_a_finite_state(tmp_path, compiled_step):
   assert int(restored.skipped_steps) == 2 and _finite(restored)
   assert ckpt_lib.params_fingerprint(restored.params) == ckpt_lib.params_fingerprint(
       state.params)
+
+
+def test_launcher_exits_non_zero_with_one_line_naming_the_step(cli_run):
+  proc, workdir = cli_run
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 1, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith('error: non-finite loss or gradients at step 2;'), last
+  assert ckpt_lib.Checkpointer(workdir).all_steps() == [1]
