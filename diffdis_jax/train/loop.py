@@ -177,7 +177,8 @@ class Trainer:
         logging.warning('stopped at step %d as asked (SIGTERM); its checkpoint is saved, '
                         'run again to continue', step)
         break
-    if not preempted and last == config.total_steps and config.data.name == 'digits' and config.eval.digits_samples:
+    if (not preempted and last == config.total_steps and config.data.name == 'digits'
+        and config.eval.digits_samples):
       scores = self.evaluate_digits(sample_fn, state.ema_params)
       writer.write_scalars(last, scores)
       jsonl.write(last, scores)
