@@ -44,6 +44,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999               # sampling EMA
   c.ema_warmup = True                # decay min(ema_decay, (1+step)/(10+step)) early on
   c.nonfinite = 'skip'               # non-finite loss or gradients: 'skip' the update | 'stop'
+  c.preemption_check_every = 10      # multi-host without jax's preemption service: steps
+                                     # between the all-gathers that agree on a SIGTERM stop
   c.compute_dtype = 'float32'        # 'bfloat16' on TPU/GPU
 
   c.model = ml_collections.ConfigDict()
@@ -110,6 +112,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.dir = ''                    # prepared latents (see README: extract_latents)
   c.data.image_size = 16             # digits only: upsampled side
   c.data.latent_scale = 0.18215
+  c.data.captions = ''               # text file, one caption per line (text-conditioned data)
+
+  c.init = ml_collections.ConfigDict()
+  # a facebookresearch/DiT model converted to safetensors (docs/weights.md); checked against
+  # the model's shapes before anything compiles
+  c.init.dit_weights = ''
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.axis_rules = AXIS_RULES

@@ -93,3 +93,75 @@ def validate(config, num_devices: int | None = None):
     _check(config.batch_size % dp == 0,
            f'batch_size {config.batch_size} is not divisible by the data-parallel size {dp} '
            '(mesh.data * mesh.fsdp); change --config.batch_size or the mesh')
+
+
+def validate_run_fields(config):
+  """Fields of the run itself that `validate` leaves to this function (reliability issue)."""
+  every = config.get('preemption_check_every', 1)
+  _check(isinstance(every, int) and every > 0,
+         f'preemption_check_every must be a positive integer, got {every!r}; '
+         'pass --config.preemption_check_every=N')
+  lr = config.optim.lr
+  _check(lr > 0 and lr != float('inf'),
+         f'optim.lr must be a positive number, got {lr}; pass --config.optim.lr=1e-4')
+
+
+def validate_paths(config):
+  """Files the config names exist and hold what they should; nothing is unpickled."""
+  weights = config.get('init', {}).get('dit_weights', '')
+  if weights:
+    _check_dit_weights(config, weights)
+  captions = config.data.get('captions', '')
+  if captions:
+    _check(os.path.isfile(captions),
+           f'data.captions={captions!r} is not a file; pass --config.data.captions=FILE '
+           '(one caption per line)')
+    with open(captions, encoding='utf-8', errors='replace') as f:
+      _check(any(line.strip() for line in f),
+             f'data.captions={captions!r} holds no caption; write one caption per line')
+
+
+def _check_dit_weights(config, path: str):
+  """A facebookresearch/DiT safetensors file whose shapes are the configured model's."""
+  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open
+
+  from diffdis_jax.nn.dit import parse_dit_name
+  from diffdis_jax.weights.convert import CONVERT_ONE_LINER, PICKLE_SUFFIXES
+
+  field = f'init.dit_weights={path!r}'
+  _check(not path.endswith(PICKLE_SUFFIXES),
+         f'{field} is a pickle checkpoint, which is never loaded (unpickling runs arbitrary '
+         f'code); convert it to safetensors: {CONVERT_ONE_LINER}')
+  _check(os.path.isfile(path), f'{field}: no such file; pass --config.init.dit_weights=FILE')
+  try:
+    with safe_open(path, framework='numpy') as f:  # reads the header only
+      shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'{field} is not a safetensors file ({type(e).__name__}); convert it: '
+                      f'{CONVERT_ONE_LINER}') from None
+  m = config.model
+  depth, width, _, patch = parse_dit_name(m.name)
+  depth, width = m.depth or depth, m.width or width
+  want = {'x_embedder.proj.weight': (width, m.in_channels, patch, patch),
+          'y_embedder.embedding_table.weight': (m.num_classes + 1, width)}
+  got_depth = len({k.split('.')[1] for k in shapes if k.startswith('blocks.')})
+  wrong = [f'{k} {shapes.get(k)} (want {v})' for k, v in want.items() if shapes.get(k) != v]
+  if got_depth != depth:
+    wrong.append(f'{got_depth} blocks (want {depth})')
+  _check(not wrong, f'{field} does not fit model {m.name} (width {width}, depth {depth}, '
+                    f'{m.in_channels} channels, {m.num_classes} classes): {"; ".join(wrong)}')
+
+
+def validate_workdir(workdir: str):
+  """The workdir is a directory this process can write, or can be created."""
+  path = os.path.abspath(workdir)
+  _check(not os.path.exists(path) or os.path.isdir(path),
+         f'--workdir={workdir} is a file, not a directory; pass another --workdir')
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  _check(os.path.isdir(parent),
+         f'--workdir={workdir} cannot be created: {parent} is a file; pass another --workdir')
+  _check(os.access(parent, os.W_OK | os.X_OK),
+         f'--workdir={workdir} is not writable ({parent}); pass a --workdir you can write')

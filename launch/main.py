@@ -95,11 +95,15 @@ def main(argv):
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     validate.validate(config, jax.device_count())
+    validate.validate_run_fields(config)
+    validate.validate_paths(config)
+    validate.validate_workdir(_WORKDIR.value)
   except validate.ConfigError as e:
     fail(str(e))
 
   from diffdis_jax.parallel import mesh as mesh_lib
   from diffdis_jax.train import loop
+  from diffdis_jax.train import preemption
   workdir = os.path.abspath(_WORKDIR.value)
   try:
     loop.check_workdir(config, workdir)
@@ -112,7 +116,12 @@ def main(argv):
   logging.info('%s', distributed.describe())
   logging.info('config:\n%s', config)
   if _MODE.value == 'train':
-    trainer.train()
+    try:
+      with preemption.sigterm_requests_stop():  # SIGTERM: save the current step, exit 0
+        trainer.train()
+    except FloatingPointError as e:  # nonfinite=stop, or a non-finite state at a save
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
   else:
     loop.sample_from_checkpoint(config, workdir, trainer)
 

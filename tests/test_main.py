@@ -1,10 +1,12 @@
 """launch/main.py answers bad input with one line and exit status 2, writing nothing."""
 import concurrent.futures
 import os
+import pickle
 import subprocess
 import sys
 
-import pytest
+import numpy as np
+import safetensors.numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = '--config=configs/demo.py'
@@ -28,6 +30,24 @@ BAD_INPUTS = [
     (['--config=configs/sddit_xl.py'], 'dataset imagenet256_latents not found'),
     (['--config=configs/dit_xl.py', '--config.data.dir=/does/not/exist'], 'not found'),
     ([DEMO, '--mode=nope'], 'mode'),
+    ([DEMO, '--config.batch_size=-8'], 'batch_size must be a positive integer'),
+    ([DEMO, '--config.keep_checkpoints=0'], 'keep_checkpoints must be a positive integer'),
+    ([DEMO, '--config.preemption_check_every=0'], 'preemption_check_every must be a positive'),
+    ([DEMO, '--config.optim.lr=-0.001'], 'optim.lr must be a positive number'),
+    ([DEMO, '--config.optim.lr=fast'], 'optim.lr'),
+    ([DEMO, '--config.nonfinite=nope'], 'nonfinite'),
+    ([DEMO, '--config.ema_decay=1.5'], 'ema_decay'),
+    ([DEMO, '--config.mesh.expert=2'], "no field 'expert'"),
+    ([DEMO, '--config.model.in_channels=3'], 'model.in_channels=1'),  # digits are grey
+    ([DEMO, '--config.init.dit_weights={files}/missing.safetensors'], 'no such file'),
+    ([DEMO, '--config.init.dit_weights={files}/dit.pt'], 'pickle checkpoint'),
+    ([DEMO, '--config.init.dit_weights={files}/garbage.safetensors'], 'not a safetensors file'),
+    ([DEMO, '--config.init.dit_weights={files}/dit_b2.safetensors'], 'does not fit model'),
+    ([DEMO, '--config.data.captions={files}/empty.txt'], 'holds no caption'),
+    ([DEMO, '--config.data.captions={files}/missing.txt'], 'is not a file'),
+    ([DEMO, '--workdir={files}/a_file'], 'is a file, not a directory'),
+    ([DEMO, '--workdir={files}/a_file/run'], 'cannot be created'),
+    ([DEMO, '--num_processes=two'], 'num_processes'),
 ]
 
 
@@ -35,12 +55,48 @@ def _run(args, workdir):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   argv = [sys.executable, 'launch/main.py', *args]
-  if workdir:
+  if workdir and not any(a.startswith('--workdir=') for a in args):
     argv.append(f'--workdir={workdir}')
   return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+class _Unpickled:
+  """Unpickling this creates the file `path`: a loader that unpickles leaves evidence."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def _bad_files(folder):
+  """The files the table names: weights of the wrong kinds, an empty caption file, a file
+  where a workdir should be."""
+  folder.mkdir()
+  with open(folder / 'dit.pt', 'wb') as f:
+    pickle.dump({'x_embedder.proj.weight': _Unpickled(str(folder / 'UNPICKLED'))}, f)
+  (folder / 'garbage.safetensors').write_bytes(b'\x80\x04 not a safetensors header')
+  # DiT-B/2 shapes (width 768, depth 12) where the demo is width 96, depth 4
+  b2 = {'x_embedder.proj.weight': np.zeros((768, 1, 2, 2), np.float32),
+        'y_embedder.embedding_table.weight': np.zeros((11, 768), np.float32)}
+  b2.update({f'blocks.{i}.attn.qkv.bias': np.zeros((3 * 768,), np.float32) for i in range(12)})
+  safetensors.numpy.save_file(b2, str(folder / 'dit_b2.safetensors'))
+  (folder / 'empty.txt').write_text('\n  \n')
+  (folder / 'a_file').write_text('not a directory')
+  return folder
+
+
+def _snapshot(folder):
+  return {p: open(os.path.join(folder, p), 'rb').read() for p in sorted(os.listdir(folder))}
+
+
 def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):
+  assert len(BAD_INPUTS) >= 24
+  files = _bad_files(tmp_path / 'files')
+  before = _snapshot(files)
+  cases = [([a.replace('{files}', str(files)) for a in args], words)
+           for args, words in BAD_INPUTS]
   workdirs = []
   for i in range(len(BAD_INPUTS)):
     w = tmp_path / f'w{i}'
@@ -48,13 +104,14 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):
     (w / 'keep.txt').write_text('precious')
     workdirs.append(w)
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    results = list(pool.map(lambda a: _run(a[0][0], str(a[1])), zip(BAD_INPUTS, workdirs)))
-  for (args, words), w, r in zip(BAD_INPUTS, workdirs, results):
+    results = list(pool.map(lambda a: _run(a[0][0], str(a[1])), zip(cases, workdirs)))
+  for (args, words), w, r in zip(cases, workdirs, results):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode != 0, (args, r.stderr)
     assert len(lines) == 1 and lines[0].startswith(('error:', 'FATAL')), (args, r.stderr)
     assert words in lines[0], (args, lines[0])
     assert sorted(os.listdir(w)) == ['keep.txt'] and (w / 'keep.txt').read_text() == 'precious'
+  assert _snapshot(files) == before  # nothing unpickled, nothing written beside the files
 
 
 def test_missing_workdir_flag(tmp_path):

@@ -2,29 +2,47 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+
+class NonFiniteState(FloatingPointError):
+  pass
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 class Checkpointer:
   """Async orbax saves under <workdir>/checkpoints/<step>/{state,data}.
 
   Restoring takes an abstract state whose leaves carry the target shardings, so a checkpoint
-  written on one mesh restores onto another.
+  written on one mesh restores onto another. `restore_latest` skips checkpoints that cannot be
+  read back (see docs/reliability.md).
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    # a save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*: never a checkpoint
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True),
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True),
         item_names=('state', 'data'))
 
   def latest_step(self):
@@ -34,6 +52,11 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+    """Starts an async save; a state holding NaN or Inf is refused (NonFiniteState)."""
+    if not bool(_all_finite(state)):
+      self.close()  # earlier saves complete
+      raise NonFiniteState(f'the state at step {step} holds NaN or Inf: not saved; the last '
+                           'checkpoint is the newest finite state (see config.nonfinite)')
     return self.manager.save(
         step, force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -47,6 +70,51 @@ class Checkpointer:
                                       data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored['state']
 
+  def restore_latest(self, abstract_state, data_iterator):
+    """The newest checkpoint that reads back intact, or None when there is none.
+
+    A checkpoint that fails to restore, or whose parameters do not hash to the fingerprint
+    logged when it was saved, is moved to <workdir>/checkpoints_corrupt/ with a warning naming
+    its step, and the next older one is tried. Intact checkpoints are never touched.
+    """
+    logged = logged_fingerprints(self.workdir)
+    steps = sorted(self.all_steps(), reverse=True)
+    initial_position = data_iterator.get_state() if steps else None
+    for step in steps:
+      state, problem = None, None
+      try:
+        state = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax and tensorstore raise ValueError, KeyError, FileNotFoundError, ... for a
+        # truncated or incomplete checkpoint
+        problem = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+      # a file one host could not read makes every host fall back; process 0's log decides
+      # whether to compare fingerprints (other hosts may not see it), all hosts hash together
+      failed = _any_host(problem is not None)
+      if not failed and _lead_says(step in logged):
+        failed = _lead_says(params_fingerprint(state.params) != logged.get(step))
+        problem = 'its parameters do not match the fingerprint logged when it was saved'
+      if not failed:
+        return state
+      self._set_aside(step, problem or 'another process could not restore it')
+    if initial_position is not None:  # a failed restore may have moved the iterator
+      data_iterator.set_state(initial_position)
+    return None
+
+  def _set_aside(self, step: int, problem: str):
+    """Move a broken step out of orbax's directory (later saves of that step must not collide
+    with it, and orbax must not count it) instead of deleting it: a person may want it."""
+    aside = os.path.join(self.workdir, 'checkpoints_corrupt')
+    target = os.path.join(aside, f'{step}.{int(time.time())}')
+    logging.warning('checkpoint step %d in %s cannot be restored (%s); moved to %s, falling '
+                    'back to the newest older checkpoint', step, self.directory, problem, target)
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    self.manager.reload()
+
   def wait(self):
     self.manager.wait_until_finished()
 
@@ -59,6 +127,35 @@ def abstract_with_shardings(abstract_state, shardings):
   """ShapeDtypeStructs that carry the shardings a restored state should have."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_state, shardings)
+
+
+def _lead_says(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _any_host(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def logged_fingerprints(workdir: str) -> dict[int, str]:
+  """step -> params_fingerprint, as logged in <workdir>/metrics.jsonl at each save."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  out = {}
+  if not os.path.exists(path):
+    return out
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill
+      if isinstance(record, dict) and 'params_fingerprint' in record:
+        out[int(record['step'])] = record['params_fingerprint']
+  return out
 
 
 def _host_value(x) -> np.ndarray:

@@ -17,6 +17,7 @@ from diffdis_jax.eval import sample as sample_lib
 from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.train import checkpoint as ckpt_lib
+from diffdis_jax.train import preemption
 from diffdis_jax.train import step as step_lib
 from diffdis_jax.train.metrics_log import JsonlWriter
 
@@ -58,8 +59,9 @@ def check_workdir(config, workdir: str):
 def _write_identity(config, workdir: str):
   path = os.path.join(workdir, 'run_identity.json')
   if jax.process_index() == 0 and not os.path.exists(path):
-    with open(path, 'w') as f:
+    with open(path + '.tmp', 'w') as f:  # a kill mid-write must not leave half a file
       json.dump(_identity(config), f, indent=1, sort_keys=True)
+    os.replace(path + '.tmp', path)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
@@ -121,11 +123,10 @@ class Trainer:
     return mesh_lib.shard_batch(batch, self.mesh)
 
   def restore_or_init(self, checkpointer, data_iterator):
-    step = checkpointer.latest_step()
-    if step is None:
-      return self.init_state()
+    """The newest intact checkpoint's state (broken ones are set aside), else a fresh one."""
     target = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    return checkpointer.restore(step, target, data_iterator)
+    state = checkpointer.restore_latest(target, data_iterator)
+    return self.init_state() if state is None else state
 
   def train(self, stop_at: int | None = None):
     """Train to `config.total_steps` (or only to step `stop_at`, saving there)."""
@@ -154,10 +155,13 @@ class Trainer:
     writer.write_scalars(start, {'compile_seconds': self.compile_seconds})
 
     window = MetricWindow()
+    stop = preemption.StopRequest(checkpointer.manager, config.preemption_check_every)
+    preempted = False
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, self.shard(next(data_it)))
       if config.nonfinite == 'stop' and not bool(metrics['finite']):  # a host sync per step
+        checkpointer.close()  # the last finite step's save completes
         raise FloatingPointError(f'non-finite loss or gradients at step {step}; stopping '
                                  'without saving (nonfinite=stop)')
       window.add(metrics)
@@ -169,10 +173,16 @@ class Trainer:
         jsonl.write(step, metrics)
       if step % config.sample_every == 0 or step == config.total_steps:
         self.write_samples(sample_fn, state.ema_params, step, writer)
-      if step % config.checkpoint_every == 0 or step == last:
-        checkpointer.save(step, state, data_it)
+      preempted = stop.reached(step)
+      if step % config.checkpoint_every == 0 or step == last or preempted:
+        checkpointer.save(step, state, data_it, force=preempted)
         jsonl.write(step, {'params_fingerprint': ckpt_lib.params_fingerprint(state.params)})
-    if last == config.total_steps and config.data.name == 'digits' and config.eval.digits_samples:
+      if preempted:
+        logging.warning('stopped at step %d as asked (SIGTERM); its checkpoint is saved, '
+                        'run again to continue', step)
+        break
+    if (not preempted and last == config.total_steps and config.data.name == 'digits'
+        and config.eval.digits_samples):
       scores = self.evaluate_digits(sample_fn, state.ema_params)
       writer.write_scalars(last, scores)
       jsonl.write(last, scores)
