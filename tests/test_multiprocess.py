@@ -15,7 +15,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from conftest import ROOT, tiny_sddit_config
 from diffdis_jax.train import checkpoint as ckpt_lib
@@ -118,15 +117,23 @@ def test_two_processes_match_one(tmp_path):
   for step in want:
     assert abs(got[step] - want[step]) <= 1e-5 * max(1.0, abs(want[step])), (step, got, want)
 
-  # the state the two processes saved, read back here, is the single-process state (only the
-  # train state: the input iterator's state is saved per process, for 2 processes)
+  # the state the two processes saved, read back by this one process (whose own iterator
+  # file, process_0-of-1, is not there: the position comes from the 2-process files), is the
+  # single-process state, and the input continues where the single run's did
   trainer = loop.Trainer(config, multi)
   target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-  manager = ocp.CheckpointManager(os.path.join(multi, 'checkpoints'),
-                                  item_names=('state', 'data'))
-  restored = manager.restore(
-      STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
-  manager.close()
+  checkpointer = ckpt_lib.Checkpointer(multi)
+  iterator_files = [f for f in os.listdir(os.path.join(multi, 'checkpoints', str(STEPS - 1),
+                                                       'data')) if f.startswith('process_')]
+  assert sorted(iterator_files) == ['process_0-of-2.json', 'process_1-of-2.json']
+  resumed_input = trainer.data_iterator()
+  checkpointer.restore(STEPS - 1, target, resumed_input)
+  fresh_input = trainer.data_iterator()
+  for _ in range(STEPS - 1):
+    next(fresh_input)
+  jax.tree.map(np.testing.assert_array_equal, next(resumed_input), next(fresh_input))
+  restored = checkpointer.restore(STEPS, target, trainer.data_iterator())
+  checkpointer.close()
   pairs = zip(jax.tree_util.tree_flatten_with_path(jax.device_get(restored))[0],
               jax.tree.leaves(jax.device_get(expected)))
   for (path, a), b in pairs:

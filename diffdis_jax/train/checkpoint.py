@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 import grain
@@ -63,12 +64,39 @@ class Checkpointer:
                                 data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def restore(self, step: int, abstract_state, data_iterator):
-    """The state at `step`; `data_iterator` is moved to where it was at that step."""
+    """The state at `step`; `data_iterator` is moved to where it was at that step.
+
+    grain writes one iterator file per process (process_I-of-N.json). A run resumed with
+    another number of processes finds no file of its own; it takes the position from any
+    process's file, which is valid because every host's iterator counts global batches (see
+    data/pipeline.py: host p reads its rows of global batch k at local index k).
+    """
     logging.info('restoring step %d from %s', step, self.directory)
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    foreign = self._foreign_data_state(step)
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if foreign is None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if foreign is not None:
+      logging.warning('checkpoint step %d was written by %s processes, this run has %d: the '
+                      'input position is taken from %s', step, foreign[0], jax.process_count(),
+                      foreign[1])
+      data_iterator.set_state(foreign[2])
     return restored['state']
+
+  def _foreign_data_state(self, step: int):
+    """(process count, file, iterator state) from another process layout's iterator file, or
+    None when this process's own file is there (or none is: orbax then reports it)."""
+    folder = os.path.join(self.directory, str(step), 'data')
+    own = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, own)):
+      return None
+    files = sorted(f for f in os.listdir(folder) if re.fullmatch(r'process_\d+-of-\d+\.json', f))
+    if not files:
+      return None
+    with open(os.path.join(folder, files[0])) as f:
+      state = json.load(f)
+    return files[0].split('-of-')[1].removesuffix('.json'), files[0], state
 
   def restore_latest(self, abstract_state, data_iterator):
     """The newest checkpoint that reads back intact, or None when there is none.
