@@ -1,8 +1,10 @@
 """Entry point: python launch/main.py --config=configs/NAME.py --workdir=DIR [--mode=...]
 
-Modes: train (default; resumes from the workdir's checkpoints), sample (a class-conditional
-grid from the latest checkpoint's EMA parameters). Any config field can be overridden as
---config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2, before
+Modes: train (default; resumes from the workdir's checkpoints), sample (sample.num_samples
+images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
+precision, recall of that file to <workdir>/eval.json; see docs/evaluation.md), grid (a
+class-conditional grid from the latest checkpoint's EMA parameters). Any config field can be
+overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2, before
 anything is compiled or written.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'grid'], 'What to run.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for multi-process runs on GPU '
     'clusters (TPU pods detect it).')
@@ -95,11 +97,12 @@ def main(argv):
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     validate.validate(config, jax.device_count())
+    workdir = os.path.abspath(_WORKDIR.value)
+    validate.validate_eval_inputs(config, _MODE.value, workdir, jax.device_count())
   except validate.ConfigError as e:
     fail(str(e))
 
   from diffdis_jax.train import loop
-  workdir = os.path.abspath(_WORKDIR.value)
   try:
     loop.check_workdir(config, workdir)
   except loop.WorkdirMismatch as e:
@@ -107,10 +110,10 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('config:\n%s', config)
-  if _MODE.value == 'train':
-    loop.train_and_evaluate(config, workdir)
-  else:
-    loop.sample_from_checkpoint(config, workdir)
+  from diffdis_jax.eval import evaluate
+  modes = {'train': loop.train_and_evaluate, 'grid': loop.sample_from_checkpoint,
+           'sample': evaluate.sample_mode, 'eval': evaluate.eval_mode}
+  modes[_MODE.value](config, workdir)
 
 
 if __name__ == '__main__':

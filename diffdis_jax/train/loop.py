@@ -14,6 +14,7 @@ from clu import metric_writers, periodic_actions
 from diffdis_jax import build
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import sample as sample_lib
+from diffdis_jax.eval.evaluate import TrainingFID
 from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.train import checkpoint as ckpt_lib
@@ -150,6 +151,7 @@ class Trainer:
     writer.write_scalars(start, {'compile_seconds': self.compile_seconds})
 
     window = MetricWindow()
+    fid_hook = TrainingFID.maybe_create(self)  # eval.fid_every: FID of EMA samples (eval/)
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, self.shard(next(data_it)))
@@ -168,6 +170,8 @@ class Trainer:
       if step % config.checkpoint_every == 0 or step == last:
         checkpointer.save(step, state, data_it)
         jsonl.write(step, {'params_fingerprint': ckpt_lib.params_fingerprint(state.params)})
+      if fid_hook:
+        fid_hook(step, state.ema_params, writer, jsonl)
     if last == config.total_steps and config.data.name == 'digits' and config.eval.digits_samples:
       scores = self.evaluate_digits(sample_fn, state.ema_params)
       writer.write_scalars(last, scores)
