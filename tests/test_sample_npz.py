@@ -110,3 +110,16 @@ def test_parts_of_two_processes_merge_in_index_order(tmp_path):
   os.remove(sample_npz.part_path(output, 1, 2))
   with pytest.raises(FileNotFoundError, match='missing'):
     sample_npz.merge_parts(output, 2, 2)
+
+
+def test_dataset_images_as_reference_file(tmp_path):
+  from diffdis_jax.data import digits  # pylint: disable=g-import-not-at-top
+  data = digits.load_digits('test', 16)
+  path = sample_npz.write_images_npz(str(tmp_path / 'ref.npz'), **data)
+  with np.load(path) as npz:
+    assert npz['arr_0'].shape == (len(data['label']), 16, 16, 3)
+    assert npz['arr_0'].dtype == np.uint8 and npz['arr_0'].max() > 200
+    np.testing.assert_array_equal(npz['arr_0'][..., 0], npz['arr_0'][..., 2])  # gray as RGB
+    np.testing.assert_array_equal(npz['arr_1'], data['label'])
+  with pytest.raises(FileExistsError):
+    sample_npz.write_images_npz(path, **data)

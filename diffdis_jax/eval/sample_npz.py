@@ -206,5 +206,18 @@ def write_samples_npz(model, config, mesh, params, output: str, *, num_samples: 
   return output
 
 
+def write_images_npz(path: str, image, label) -> str:
+  """Dataset images in [-1, 1] (NHWC) as an ADM-format `.npz`: a reference set for
+  `--mode=eval` when no published reference batch exists, e.g. the digits' held-out split:
+      write_images_npz('digits_ref.npz', **digits.load_digits('test', 16))
+  Refuses to overwrite."""
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} exists; remove it first')
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, arr_0=to_adm_images(image), arr_1=np.asarray(label, np.int32))
+  os.replace(tmp, path)
+  return path
+
+
 def stale_parts(output: str) -> list[str]:
   return sorted(glob.glob(glob.escape(output) + '.part*-of-*.npz'))
