@@ -137,6 +137,18 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
   assert [r['step'] for r in fids] == [2] and np.isfinite(fids[0]['fid_16'])
   assert fids[0]['fid_16'] > 0
 
+  # --mode=sample on that run's checkpoint: the EMA params restored, N images in ADM format
+  config = _config(root, weights, **{'sample.steps': 1, 'sample.num_samples': 5,
+                                     'sample.batch_size': 8, 'sddit.dis_weight': 0.0,
+                                     'sddit.mask_ratio': 0.0})
+  validate.validate_eval_inputs(config, 'sample', str(tmp_path), 8)
+  output = evaluate.sample_mode(config, str(tmp_path))
+  assert output == str(tmp_path / 'samples.npz')
+  with np.load(output) as npz:
+    assert npz['arr_0'].shape == (5, 8, 8, 3) and npz['arr_1'].shape == (5,)
+  with open(sample_npz.settings_path(output)) as f:
+    assert json.load(f)['checkpoint_step'] == 2
+
 
 @pytest.mark.parametrize('overrides,message', [
     ({'eval.reference_npz': '/nonexistent/ref.npz'}, 'eval.reference_npz'),

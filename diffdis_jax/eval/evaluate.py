@@ -38,6 +38,19 @@ def _load_vae(config):
   return vae, vae_params
 
 
+def restore_train_state(trainer, checkpointer):
+  """The latest checkpoint's train state on the trainer's mesh, without the input pipeline's
+  position: sampling needs none, and that part of a checkpoint is per process, so skipping it
+  lets a checkpoint of N processes be sampled by any number of processes."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  step = checkpointer.latest_step()
+  target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  restored = checkpointer.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return restored['state']
+
+
 def sample_mode(config, workdir: str) -> str:
   """`config.sample.num_samples` samples of the latest checkpoint's EMA params, ADM format."""
   from diffdis_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
@@ -46,7 +59,7 @@ def sample_mode(config, workdir: str) -> str:
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
-  state = trainer.restore_or_init(checkpointer, trainer.data_iterator())
+  state = restore_train_state(trainer, checkpointer)
   checkpointer.close()
   vae, vae_params = _load_vae(config)
   output = sample_npz.default_output(config, workdir)
