@@ -123,3 +123,20 @@ def test_dataset_images_as_reference_file(tmp_path):
     np.testing.assert_array_equal(npz['arr_1'], data['label'])
   with pytest.raises(FileExistsError):
     sample_npz.write_images_npz(path, **data)
+
+
+def test_latent_model_samples_decode_through_the_vae():
+  from diffdis_jax.nn.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
+  config = tiny_sddit_config(**{'model.in_channels': 4, 'sample.steps': 1,
+                                'sample.guidance': 1.0, 'sddit.dis_weight': 0.0})
+  model = build.build_model(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
+                      jnp.zeros((1,), jnp.int32))['params']
+  vae = AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4)
+  vae_params = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))['params']
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:2])
+  sampler, sharding = sample_npz.make_batch_sampler(model, config, mesh, vae)
+  indices, images, labels = sample_npz.sample_rows(sampler, sharding, params, vae_params, 3, 2)
+  # two VAE levels: 8x8 latents decode to 16x16 RGB pixels
+  assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8 and len(labels) == 3
+  assert np.ptp(images) > 0

@@ -110,7 +110,12 @@ def sample_settings(config, npz_path: str) -> dict:
 
 
 def eval_mode(config, workdir: str, extractor=None) -> dict:
-  """Every image metric of the samples file; writes them with the settings to eval.json."""
+  """Every image metric of the samples file; writes them with the settings to eval.json.
+
+  DiffDis' zero-shot suite is a separate section of the same file, written by
+  `zeroshot_suite.evaluate_diffdis(predict, encode, params, config, workdir, image_size)`:
+  the DiffDis trainer integration calls it here once it can build `predict` and `encode`.
+  """
   e = config.eval
   npz_path = samples_path(config, workdir)
   if extractor is None:
