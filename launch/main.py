@@ -4,8 +4,8 @@ Modes: train (default; resumes from the workdir's checkpoints), sample (sample.n
 images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
 precision, recall of that file to <workdir>/eval.json; see docs/evaluation.md), grid (a
 class-conditional grid from the latest checkpoint's EMA parameters). Any config field can be
-overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2, before
-anything is compiled or written.
+overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2,
+before anything is compiled or written.
 """
 from __future__ import annotations
 
