@@ -103,9 +103,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.rho = 7.0
   c.sample.per_class = 4             # grid rows
   c.sample.grid_classes = 10         # grid columns: classes 0 .. grid_classes-1 (spread out)
+  # --mode=sample: an ADM-format .npz for FID (docs/evaluation.md)
+  c.sample.num_samples = 50_000
+  c.sample.output = ''               # '' : <workdir>/samples.npz
+  c.sample.batch_size = 256          # global; divisible by the data-parallel size
+  c.sample.labels = 'random'         # 'random' (per index, as DiT's FID-50K) | 'balanced'
+  c.sample.seed = 0                  # noise and label of sample i: fold_in(PRNGKey(seed), i)
+  c.sample.vae = ''                  # diffusers AutoencoderKL folder; latent models need it
 
   c.eval = ml_collections.ConfigDict()
   c.eval.digits_samples = 0          # digits only: samples for fd_digits / sample_class_acc
+  # --mode=eval (docs/evaluation.md): FID, sFID, IS, precision, recall to <workdir>/eval.json
+  c.eval.samples_npz = ''            # '' : sample.output, i.e. <workdir>/samples.npz
+  c.eval.reference_npz = ''          # ADM reference batch, or eval/fid.save_reference output
+  c.eval.inception_weights = ''      # pytorch-fid weights as safetensors (nn/inception.py)
+  c.eval.batch_size = 200            # Inception batch (over the local devices)
+  c.eval.fid_every = 0               # FID during training every N steps (0: off)
+  c.eval.fid_samples = 5000          # samples per FID during training (logged as fid_<n>)
+  # zero-shot suite (DiffDis; eval/zeroshot_suite.py): comma-separated names, '' : none
+  c.eval.zeroshot_datasets = ''
+  c.eval.tfds_data_dir = ''          # prepared tfds datasets; nothing is downloaded
+  c.eval.zeroshot_max_images = 0     # 0: the whole test split
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'imagenet256_latents'  # 'digits' | 'imagenet256_latents'

@@ -165,3 +165,63 @@ def validate_workdir(workdir: str):
          f'--workdir={workdir} cannot be created: {parent} is a file; pass another --workdir')
   _check(os.access(parent, os.W_OK | os.X_OK),
          f'--workdir={workdir} is not writable ({parent}); pass a --workdir you can write')
+
+
+def _existing_file(path: str, field: str, hint: str):
+  _check(bool(path), f'{field} is not set; pass --config.{field}=PATH ({hint})')
+  _check(os.path.isfile(path), f'{field}={path!r} does not exist; pass --config.{field}=PATH '
+                               f'({hint})')
+
+
+def _check_vae(config):
+  if config.model.in_channels in (1, 3):
+    return
+  path = config.sample.vae
+  _check(bool(path), f'model.in_channels={config.model.in_channels}: latent samples need a VAE '
+                     'decoder; pass --config.sample.vae=DIR (a diffusers AutoencoderKL folder)')
+  for name in ('config.json', 'diffusion_pytorch_model.safetensors'):
+    _check(os.path.isfile(os.path.join(path, name)),
+           f'sample.vae={path!r} holds no {name}; pass a diffusers AutoencoderKL folder '
+           '(see docs/weights.md)')
+
+
+def validate_eval_inputs(config, mode: str, workdir: str, num_devices: int | None = None):
+  """The files and sizes `--mode=sample`, `--mode=eval` and FID during training need."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
+  from diffdis_jax.parallel import mesh as mesh_lib
+  s, e = config.sample, config.eval
+  weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
+  ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'
+  fid_in_training = mode == 'train' and e.fid_every > 0
+  if mode == 'sample' or fid_in_training:
+    _check(config.method == 'sddit', f'--mode=sample and eval.fid_every need a class-conditional '
+                                     f'model (method=sddit), not method={config.method}')
+    _one_of(s.labels, LABEL_MODES, 'sample.labels')
+    _check(isinstance(s.batch_size, int) and s.batch_size > 0,
+           f'sample.batch_size must be a positive integer, got {s.batch_size!r}')
+    if num_devices is not None:
+      sizes = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
+      dp = sizes[0] * sizes[1]
+      _check(s.batch_size % dp == 0, f'sample.batch_size {s.batch_size} is not divisible by the '
+                                     f'data-parallel size {dp}; change --config.sample.batch_size')
+    _check_vae(config)
+  if mode == 'sample':
+    _check(s.num_samples > 0, f'sample.num_samples must be positive, got {s.num_samples}')
+    steps = os.path.join(workdir, 'checkpoints')
+    _check(os.path.isdir(steps) and any(n.isdigit() for n in os.listdir(steps)),
+           f'no checkpoint under {steps}: train first, or pass the --workdir of a trained run')
+    output = default_output(config, workdir)
+    _check(not os.path.exists(output), f'{output} exists and would be overwritten; remove it or '
+                                       'pass --config.sample.output=PATH')
+  if fid_in_training:
+    _check(e.fid_samples >= 2 and e.fid_samples % s.batch_size == 0,
+           f'eval.fid_samples {e.fid_samples} must be a multiple of sample.batch_size '
+           f'{s.batch_size}')
+  if mode == 'eval' or fid_in_training:
+    _existing_file(e.inception_weights, 'eval.inception_weights', weights_hint)
+    _existing_file(e.reference_npz, 'eval.reference_npz', ref_hint)
+  if mode == 'eval':
+    samples = e.samples_npz or default_output(config, workdir)
+    _check(os.path.isfile(samples), f'samples file {samples} does not exist; write it with '
+                                    '--mode=sample or pass --config.eval.samples_npz=PATH')

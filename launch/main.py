@@ -1,9 +1,11 @@
 """Entry point: python launch/main.py --config=configs/NAME.py --workdir=DIR [--mode=...]
 
-Modes: train (default; resumes from the workdir's checkpoints), sample (a class-conditional
-grid from the latest checkpoint's EMA parameters). Any config field can be overridden as
---config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2, before
-anything is compiled or written.
+Modes: train (default; resumes from the workdir's checkpoints), sample (sample.num_samples
+images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
+precision, recall of that file to <workdir>/eval.json; see docs/evaluation.md), grid (a
+class-conditional grid from the latest checkpoint's EMA parameters). Any config field can be
+overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2,
+before anything is compiled or written.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'grid'], 'What to run.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for multi-process runs on GPU '
     'clusters (TPU pods detect it).')
@@ -98,13 +100,14 @@ def main(argv):
     validate.validate_run_fields(config)
     validate.validate_paths(config)
     validate.validate_workdir(_WORKDIR.value)
+    workdir = os.path.abspath(_WORKDIR.value)
+    validate.validate_eval_inputs(config, _MODE.value, workdir, jax.device_count())
   except validate.ConfigError as e:
     fail(str(e))
 
   from diffdis_jax.parallel import mesh as mesh_lib
   from diffdis_jax.train import loop
   from diffdis_jax.train import preemption
-  workdir = os.path.abspath(_WORKDIR.value)
   try:
     loop.check_workdir(config, workdir)
     # builds the model's abstract state and its layout on the mesh: nothing compiled yet
@@ -122,8 +125,11 @@ def main(argv):
     except FloatingPointError as e:  # nonfinite=stop, or a non-finite state at a save
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
-  else:
-    loop.sample_from_checkpoint(config, workdir, trainer)
+    return
+  from diffdis_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  modes = {'grid': lambda c, w: loop.sample_from_checkpoint(c, w, trainer),
+           'sample': evaluate.sample_mode, 'eval': evaluate.eval_mode}
+  modes[_MODE.value](config, workdir)
 
 
 if __name__ == '__main__':

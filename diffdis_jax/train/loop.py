@@ -14,6 +14,7 @@ from clu import metric_writers, periodic_actions
 from diffdis_jax import build
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import sample as sample_lib
+from diffdis_jax.eval.evaluate import TrainingFID
 from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.train import checkpoint as ckpt_lib
@@ -157,6 +158,7 @@ class Trainer:
     window = MetricWindow()
     stop = preemption.StopRequest(checkpointer.manager, config.preemption_check_every)
     preempted = False
+    fid_hook = TrainingFID.maybe_create(self)  # eval.fid_every: FID of EMA samples (eval/)
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, self.shard(next(data_it)))
@@ -181,6 +183,8 @@ class Trainer:
         logging.warning('stopped at step %d as asked (SIGTERM); its checkpoint is saved, '
                         'run again to continue', step)
         break
+      if fid_hook:
+        fid_hook(step, state.ema_params, writer, jsonl)
     if (not preempted and last == config.total_steps and config.data.name == 'digits'
         and config.eval.digits_samples):
       scores = self.evaluate_digits(sample_fn, state.ema_params)
