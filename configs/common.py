@@ -131,6 +131,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 16             # digits only: upsampled side
   c.data.latent_scale = 0.18215
   c.data.captions = ''               # text file, one caption per line (text-conditioned data)
+  c.data.split = 'train'             # split of data.dir the trainer reads
+  c.data.vae_path = ''               # SD-VAE: diffusers AutoencoderKL folder or .safetensors
+  # --mode=extract_latents: the images (a TFDS image classification set) and how to encode
+  c.data.extract = ml_collections.ConfigDict()
+  c.data.extract.source = 'imagenet2012'
+  c.data.extract.source_dir = ''     # TFDS data_dir holding it prepared ('' = TFDS default)
+  c.data.extract.manual_dir = ''     # or the official tar files to prepare it from (no download)
+  c.data.extract.split = 'train'
+  c.data.extract.image_size = 256    # ADM centre crop side; latents are image_size / 8
+  c.data.extract.batch_size = 64     # per host
+  c.data.extract.shard_size = 10_000  # examples per output shard (the unit of resuming)
 
   c.init = ml_collections.ConfigDict()
   # a facebookresearch/DiT model converted to safetensors (docs/weights.md); checked against

@@ -225,3 +225,48 @@ def validate_eval_inputs(config, mode: str, workdir: str, num_devices: int | Non
     samples = e.samples_npz or default_output(config, workdir)
     _check(os.path.isfile(samples), f'samples file {samples} does not exist; write it with '
                                     '--mode=sample or pass --config.eval.samples_npz=PATH')
+
+
+def validate_extraction(config):
+  """--mode=extract_latents: the VAE, the image source and the sizes (data/imagenet_latents)."""
+  e, vae = config.data.extract, config.data.vae_path
+  _check(bool(vae), 'data.vae_path is empty; pass --config.data.vae_path=<diffusers '
+                    'AutoencoderKL folder (or SD folder holding vae/) or .safetensors file>')
+  _check(os.path.exists(vae), f'data.vae_path={vae!r} does not exist; pass '
+                              '--config.data.vae_path=<folder or .safetensors file>')
+  for field in ('image_size', 'batch_size', 'shard_size'):
+    value = e[field]
+    _check(isinstance(value, int) and value > 0, f'data.extract.{field} must be a positive '
+                                                 f'integer, got {value!r}')
+  _check(e.image_size % 8 == 0, f'data.extract.image_size={e.image_size} is not a multiple of '
+                                '8 (the VAE downsamples by 8)')
+  # source_dir is where a manual_dir gets prepared: it need exist only without one
+  for field in ('manual_dir',) if e.manual_dir else ('source_dir',):
+    path = e[field]
+    _check(not path or os.path.isdir(path), f'data.extract.{field}={path!r} is not a '
+                                            f'directory; pass --config.data.extract.{field}=DIR')
+
+
+def validate_data(config):
+  """An extracted latent set in data.dir whose latents fit the model (run after `validate`)."""
+  if config.data.name != 'imagenet256_latents':
+    return
+  info = os.path.join(config.data.dir, 'dataset_info.json')
+  _check(os.path.isfile(info), f'data.dir={config.data.dir!r} holds no dataset_info.json: '
+                               'the latent extraction did not finish there; run --mode='
+                               'extract_latents again with --workdir=<that dir> to complete it')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(config.data.dir)
+  split = config.data.get('split', 'train')
+  _check(split in builder.info.splits, f'data.split={split!r} is not in {config.data.dir} '
+                                       f'(it holds {sorted(builder.info.splits)})')
+  classes = builder.info.features['label'].num_classes
+  _check(classes <= config.model.num_classes,
+         f'data.dir holds {classes} classes but model.num_classes={config.model.num_classes}; '
+         f'pass --config.model.num_classes={classes}')
+  _, side, _, channels = builder.info.features['mean'].shape
+  m = config.model
+  _check((side, channels) == (m.input_size, m.in_channels),
+         f'the latents in data.dir are {side}x{side}x{channels} but the model takes '
+         f'{m.input_size}x{m.input_size}x{m.in_channels}; set --config.model.input_size='
+         f'{side} --config.model.in_channels={channels}')

@@ -3,9 +3,10 @@
 Modes: train (default; resumes from the workdir's checkpoints), sample (sample.num_samples
 images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
 precision, recall of that file to <workdir>/eval.json; see docs/evaluation.md), grid (a
-class-conditional grid from the latest checkpoint's EMA parameters). Any config field can be
-overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit status 2,
-before anything is compiled or written.
+class-conditional grid from the latest checkpoint's EMA parameters), extract_latents
+(ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any config field can
+be overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit
+status 2, before anything is compiled or written.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'grid'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          ['train', 'sample', 'eval', 'grid', 'extract_latents'], 'What to run.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for multi-process runs on GPU '
     'clusters (TPU pods detect it).')
@@ -95,8 +97,13 @@ def main(argv):
   if not _WORKDIR.value:
     fail('--workdir is required, e.g. --workdir=/tmp/demo')
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _MODE.value == 'extract_latents':  # no model, no training state
+    from diffdis_jax.data import imagenet_latents
+    imagenet_latents.run_from_flags(config, _WORKDIR.value, fail)
+    return
   try:
     validate.validate(config, jax.device_count())
+    validate.validate_data(config)
     validate.validate_run_fields(config)
     validate.validate_paths(config)
     validate.validate_workdir(_WORKDIR.value)

@@ -3,7 +3,13 @@ checkpointable iterator (its state is saved beside the train state, see train/ch
 
 Global batch k is the same set of examples, in the same row order, whatever the number of
 hosts: host p of P reads rows [p * B/P, (p+1) * B/P) of it. So a run on one host and a run on
-several hosts with the same global batch see identical arrays.
+several hosts with the same global batch see identical arrays: a transform's randomness is
+seeded by the example's global position in the stream (not by the host's own count).
+
+Sources by data.name: 'digits' (in memory) and 'imagenet256_latents' (the TFDS ArrayRecord set
+`--mode=extract_latents` writes into data.dir, read by random access: each yields a latent
+drawn from the stored posterior, mean + std * noise, of the image or its flip, times
+data.latent_scale). See docs/data.md for the guarantees.
 """
 from __future__ import annotations
 
@@ -42,12 +48,35 @@ def host_dataset(source, *, global_batch: int, seed: int, process_index: int = 0
   def global_position(j):
     return (j // local) * global_batch + process_index * local + j % local
 
-  ds = grain.MapDataset.range(sys.maxsize // global_batch).map(
-      lambda j: shuffled[global_position(j)])
-  if transform is not None:
-    ds = ds.random_map(transform, seed=seed + 1)
+  def element(j):
+    position = global_position(j)
+    if transform is None:
+      return shuffled[position]
+    # the same generator for the same global position, whatever this host's share
+    return transform(shuffled[position], np.random.default_rng((seed + 1, position)))
+
+  ds = grain.MapDataset.range(sys.maxsize // global_batch).map(element)
   ds = ds.batch(local, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
+
+
+def latent_source(data_dir: str, split: str = 'train'):
+  """Random-access TFDS source over an extracted latent set: {'mean', 'std', 'label'}."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.builder_from_directory(data_dir).as_data_source(split=split)
+
+
+def sample_latent(scale: float) -> Callable:
+  """transform(example, rng): a posterior draw of the image or (half the time) its flip."""
+
+  def transform(example, rng: np.random.Generator):
+    flip = int(rng.integers(2))
+    mean, std = example['mean'][flip], example['std'][flip]
+    noise = rng.standard_normal(mean.shape, dtype=np.float32)
+    return {'image': (mean + std * noise) * np.float32(scale),
+            'label': np.int32(example['label'])}
+
+  return transform
 
 
 def make_train_iterator(config, process_index: int = 0, process_count: int = 1):
@@ -58,6 +87,12 @@ def make_train_iterator(config, process_index: int = 0, process_count: int = 1):
     ds = host_dataset(source, global_batch=config.batch_size, seed=config.seed,
                       process_index=process_index, process_count=process_count)
     return iter(ds)
-  raise ValueError(f'no training input for data.name={name!r} yet: the ImageNet latent '
-                   'pipeline lands with the data issue; use data.name=digits')
+  if name == 'imagenet256_latents':
+    ds = host_dataset(latent_source(config.data.dir, config.data.get('split', 'train')),
+                      global_batch=config.batch_size, seed=config.seed,
+                      process_index=process_index, process_count=process_count,
+                      transform=sample_latent(config.data.latent_scale))
+    return iter(ds)
+  raise ValueError(f'no training input for data.name={name!r}: use digits or '
+                   'imagenet256_latents')
 

@@ -1,0 +1,260 @@
+"""ImageNet (or any TFDS image classification set) -> SD-VAE latents in a TFDS ArrayRecord set.
+
+    python launch/main.py --mode=extract_latents --config=configs/sddit_xl.py --workdir=DIR \
+        --config.data.vae_path=/models/sd-vae-ft-ema \
+        --config.data.extract.manual_dir=/data/imagenet_tars   # or .source_dir=<prepared TFDS>
+
+Each image is centre-cropped and resized as ADM does (`center_crop_arr`), encoded together
+with its horizontal flip, and stored as the posterior moments: 'mean' and 'std', each
+(2, side/8, side/8, 4) float32 (row 0 the image, row 1 its flip), and 'label'. DIR becomes a
+TFDS dataset folder (`tfds.builder_from_directory(DIR)`, `pipeline.latent_source(DIR)`).
+
+Work is cut into shards of `data.extract.shard_size` consecutive source examples; host p of P
+writes shards p, p+P, ... with its own devices (batch sharded over `jax.local_devices()`), so
+no host ever waits on another until the end. A shard file appears (atomic rename) only once
+complete, so a restarted extraction skips the shards it finds and redoes only the rest. The
+TFDS metadata (dataset_info.json) is written last, by process 0, once every shard exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
+
+OUTPUT_NAME = 'imagenet256_latents'
+SETTINGS_FILE = 'extraction.json'  # what the shards were made with: a restart must match
+VAE_WEIGHTS = 'diffusion_pytorch_model.safetensors'
+
+
+class ExtractionError(ValueError):
+  pass
+
+
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
+  """ADM's preprocessing: halve with BOX filtering while the short side is >= 2 * size, then
+  BICUBIC-resize so the short side is `size`, then take the central size x size square."""
+  while min(image.size) >= 2 * size:
+    image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+  scale = size / min(image.size)
+  image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+  arr = np.asarray(image.convert('RGB'))
+  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+  return arr[top:top + size, left:left + size]
+
+
+def load_vae(path: str):
+  """(AutoencoderKL, params) from a diffusers VAE folder, an SD folder holding vae/, or a
+  .safetensors file (with config.json beside it, else SD's AutoencoderKL config)."""
+  from diffdis_jax.weights import from_diffusers_vae, load_safetensors  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(os.path.join(path, 'vae')):
+    path = os.path.join(path, 'vae')
+  weights = os.path.join(path, VAE_WEIGHTS) if os.path.isdir(path) else path
+  if not os.path.isfile(weights):
+    raise ExtractionError(f'data.vae_path={path!r} holds no {VAE_WEIGHTS}; pass a diffusers '
+                          'AutoencoderKL folder or a .safetensors file')
+  config_path = os.path.join(os.path.dirname(weights), 'config.json')
+  config = {}
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
+  return from_diffusers_vae(config, load_safetensors(weights))
+
+
+def open_source(extract_config):
+  """The TFDS builder of the images, prepared from `manual_dir` first if it is not yet."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  e = extract_config
+  data_dir = e.source_dir or None
+  builder = tfds.builder(e.source, data_dir=data_dir, file_format='array_record')
+  if not builder.is_prepared():
+    if not e.manual_dir:
+      raise ExtractionError(
+          f'{e.source} is not prepared under data.extract.source_dir={e.source_dir!r}; pass '
+          '--config.data.extract.manual_dir=DIR holding the official tar files (nothing is '
+          'downloaded)')
+    logging.info('preparing %s from %s (once; later runs reuse it)', e.source, e.manual_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=e.manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  return builder
+
+
+def read_range(builder, split: str, start: int, end: int):
+  """(encoded or decoded image, label) of examples [start, end) of `split`."""
+  if builder.info.file_format.value == 'array_record':
+    source = builder.as_data_source(split=split)
+    for i in range(start, end):
+      example = source[i]
+      yield example['image'], int(example['label'])
+  else:  # tfrecord: a sliced split skips whole files it does not need
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    ds = builder.as_dataset(split=f'{split}[{start}:{end}]', shuffle_files=False)
+    for example in tfds.as_numpy(ds):
+      yield example['image'], int(example['label'])
+
+
+def output_features(latent_side: int, latent_channels: int, num_classes: int):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  moments = tfds.features.Tensor(shape=(2, latent_side, latent_side, latent_channels),
+                                 dtype=np.float32)
+  return tfds.features.FeaturesDict({
+      'mean': moments, 'std': moments,
+      'label': tfds.features.ClassLabel(num_classes=num_classes)})
+
+
+def shard_path(out_dir: str, split: str, shard: int, num_shards: int) -> str:
+  """TFDS' default file name, so `write_metadata` and `builder_from_directory` find it."""
+  return os.path.join(out_dir, f'{OUTPUT_NAME}-{split}.array_record-{shard:05d}-of-'
+                               f'{num_shards:05d}')
+
+
+class LatentEncoder:
+  """jit-compiled (image, flip) -> (mean, std) with the batch split over this host's devices."""
+
+  def __init__(self, vae, params, batch_size: int):
+    devices = jax.local_devices()
+    self.batch_size = -(-batch_size // len(devices)) * len(devices)
+    mesh = Mesh(np.asarray(devices), ('batch',))
+    self.sharding = NamedSharding(mesh, P('batch'))
+    self.params = jax.device_put(params, NamedSharding(mesh, P()))
+
+    def encode(params, images_uint8):
+      x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+      both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
+      mean, logvar = vae.apply({'params': params}, both, method='encode')
+      std = jnp.exp(0.5 * logvar)
+      n = x.shape[0]
+      return (jnp.stack([mean[:n], mean[n:]], axis=1), jnp.stack([std[:n], std[n:]], axis=1))
+
+    self._encode = jax.jit(encode, in_shardings=(None, self.sharding))
+
+  def __call__(self, images: np.ndarray):
+    n = len(images)
+    padded = np.zeros((self.batch_size,) + images.shape[1:], np.uint8)
+    padded[:n] = images
+    mean, std = self._encode(self.params, jax.device_put(padded, self.sharding))
+    return np.asarray(mean)[:n], np.asarray(std)[:n]
+
+
+def _check_settings(out_dir: str, settings: dict):
+  path = os.path.join(out_dir, SETTINGS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != settings:
+      diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+      raise ExtractionError(f'{out_dir} holds shards extracted with other settings '
+                            f'({", ".join(diff)}); use another --workdir or the same settings')
+  elif jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(settings, f, indent=1, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+
+def _write_shard(path: str, features, encoder: LatentEncoder, examples, image_size: int):
+  """Encode `examples` in batches and write them in order; the file appears when complete."""
+  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  tmp = path + '.tmp'
+  writer = ArrayRecordWriter(tmp, 'group_size:1')  # one record per group: random access
+
+  def flush(images, labels):
+    mean, std = encoder(np.stack(images))
+    for m, s, label in zip(mean, std, labels):
+      writer.write(features.serialize_example({'mean': m, 'std': s, 'label': label}))
+
+  images, labels, count = [], [], 0
+  for image, label in examples:
+    image = np.asarray(image)
+    image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    images.append(center_crop_arr(image, image_size))
+    labels.append(label)
+    if len(images) == encoder.batch_size:
+      flush(images, labels)
+      count += len(images)
+      images, labels = [], []
+  if images:
+    flush(images, labels)
+    count += len(images)
+  writer.close()
+  os.replace(tmp, path)
+  return count
+
+
+def extract_latents(config, out_dir: str, process_index: int | None = None,
+                    process_count: int | None = None) -> dict:
+  """Write this host's shards of the latent dataset into `out_dir`; returns a summary."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  e = config.data.extract
+  p = jax.process_index() if process_index is None else process_index
+  n_proc = jax.process_count() if process_count is None else process_count
+  if not config.data.vae_path:
+    raise ExtractionError('data.vae_path is empty; pass --config.data.vae_path=<diffusers '
+                          'AutoencoderKL folder or .safetensors file>')
+  builder = open_source(e)
+  total = builder.info.splits[e.split].num_examples
+  num_shards = max(1, -(-total // e.shard_size))
+  os.makedirs(out_dir, exist_ok=True)
+  _check_settings(out_dir, dict(source=e.source, split=e.split, image_size=e.image_size,
+                                shard_size=e.shard_size, num_examples=total,
+                                vae_path=os.path.abspath(config.data.vae_path)))
+  vae, params = load_vae(config.data.vae_path)
+  side = e.image_size // 2 ** (len(vae.block_out_channels) - 1)
+  features = output_features(side, vae.latent_channels,
+                             builder.info.features['label'].num_classes)
+  encoder = LatentEncoder(vae, params, e.batch_size)
+  mine = [s for s in range(num_shards) if s % n_proc == p]
+  todo = [s for s in mine if not os.path.exists(shard_path(out_dir, e.split, s, num_shards))]
+  logging.info('extracting %d examples of %s/%s in %d shards: this host (%d of %d) has %d, '
+               '%d already done', total, e.source, e.split, num_shards, p, n_proc, len(mine),
+               len(mine) - len(todo))
+  t0, done = time.perf_counter(), 0
+  for k, shard in enumerate(todo):
+    start, end = shard * e.shard_size, min((shard + 1) * e.shard_size, total)
+    done += _write_shard(shard_path(out_dir, e.split, shard, num_shards), features, encoder,
+                         read_range(builder, e.split, start, end), e.image_size)
+    rate = done / (time.perf_counter() - t0)
+    left = sum(min(e.shard_size, total - s * e.shard_size) for s in todo[k + 1:])
+    logging.info('shard %d/%d written: %d images this run, %.1f images/s, ~%.0f s left',
+                 k + 1, len(todo), done, rate, left / max(rate, 1e-9))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('latent shards written')
+  if p == 0:
+    lengths = [min(e.shard_size, total - s * e.shard_size) for s in range(num_shards)]
+    paths = [shard_path(out_dir, e.split, s, num_shards) for s in range(num_shards)]
+    missing = [q for q in paths if not os.path.exists(q)]
+    if missing:
+      raise ExtractionError(f'{len(missing)} shards missing after extraction, e.g. '
+                            f'{missing[0]}; run the extraction again to write them')
+    split = tfds.core.SplitInfo(name=e.split, shard_lengths=lengths,
+                                num_bytes=sum(os.path.getsize(q) for q in paths))
+    tfds.folder_dataset.write_metadata(
+        data_dir=out_dir, features=features, split_infos=[split], check_data=False,
+        description=f'SD-VAE posterior moments of {e.source}/{e.split} at {e.image_size} px '
+                    '(row 0 the image, row 1 its horizontal flip)')
+  seconds = time.perf_counter() - t0
+  return dict(examples_this_run=done, seconds=seconds, shards=num_shards,
+              images_per_s=done / seconds if done else 0.0)
+
+
+def run_from_flags(config, workdir: str, fail):
+  """launch/main.py --mode=extract_latents: bad input is one `fail` line, then the run."""
+  from diffdis_jax import validate  # pylint: disable=g-import-not-at-top
+  try:
+    validate.validate_extraction(config)
+    validate.validate_workdir(workdir)
+  except validate.ConfigError as e:
+    fail(str(e))
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    summary = extract_latents(config, os.path.abspath(workdir))
+  except ExtractionError as e:
+    fail(str(e))
+  logging.info('extraction done: %s; train with --config.data.dir=%s', summary,
+               os.path.abspath(workdir))
