@@ -21,6 +21,9 @@ setup(
         'clu>=0.0.12,<0.1',
         'grain>=0.2.12,<0.3',
         'tensorflow-datasets>=4.9.8,<5',
+        # tfds' download_and_prepare (preparing ImageNet from its tars) reads its own resource
+        # files through etils.epath, which needs this and does not declare it
+        'importlib_resources>=6',
         'transformers>=5.0,<6',
         'safetensors>=0.4',
         'numpy>=1.26',
