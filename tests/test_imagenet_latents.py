@@ -152,7 +152,7 @@ def test_train_step_on_extracted_latents(extracted):
   with pytest.raises(validate.ConfigError, match='model.in_channels=4'):
     validate.validate_data(tiny_sddit_config(**{'data.name': 'imagenet256_latents',
                                                 'data.dir': out, 'model.num_classes': 1000}))
-  trainer = loop.Trainer(config, out)
+  trainer = loop.Trainer(config, out, devices=jax.devices()[:1])  # one device: faster compile
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
   batch = next(trainer.data_iterator())
   assert batch['image'].shape == (8, 8, 8, 4) and batch['label'].shape == (8,)

@@ -157,39 +157,59 @@ def _check_settings(out_dir: str, settings: dict):
     os.replace(path + '.tmp', path)
 
 
-def _write_shard(path: str, features, encoder: LatentEncoder, examples, image_size: int):
-  """Encode `examples` in batches and write them in order; the file appears when complete."""
+def write_records(path: str, features, examples) -> int:
+  """Serialize `examples` (dicts matching `features`) into one ArrayRecord file, in order;
+  the file appears under `path` only once complete."""
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
   tmp = path + '.tmp'
   writer = ArrayRecordWriter(tmp, 'group_size:1')  # one record per group: random access
+  count = 0
+  for example in examples:
+    writer.write(features.serialize_example(example))
+    count += 1
+  writer.close()
+  os.replace(tmp, path)
+  return count
 
-  def flush(images, labels):
+
+def write_dataset_info(out_dir: str, features, split: str, shard_lengths, description=''):
+  """TFDS metadata over the shards `shard_path` names, so TFDS (and grain) can read them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  paths = [shard_path(out_dir, split, s, len(shard_lengths)) for s in range(len(shard_lengths))]
+  missing = [q for q in paths if not os.path.exists(q)]
+  if missing:
+    raise ExtractionError(f'{len(missing)} shards missing, e.g. {missing[0]}; run the '
+                          'extraction again to write them')
+  info = tfds.core.SplitInfo(name=split, shard_lengths=list(shard_lengths),
+                             num_bytes=sum(os.path.getsize(q) for q in paths))
+  tfds.folder_dataset.write_metadata(data_dir=out_dir, features=features, split_infos=[info],
+                                     check_data=False, description=description)
+
+
+def _encoded(encoder: LatentEncoder, examples, image_size: int):
+  """{'mean', 'std', 'label'} of each (image, label), encoded a batch at a time."""
+  images, labels = [], []
+
+  def flush():
     mean, std = encoder(np.stack(images))
-    for m, s, label in zip(mean, std, labels):
-      writer.write(features.serialize_example({'mean': m, 'std': s, 'label': label}))
+    yield from ({'mean': m, 'std': s, 'label': label}
+                for m, s, label in zip(mean, std, labels))
 
-  images, labels, count = [], [], 0
   for image, label in examples:
     image = np.asarray(image)
     image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     images.append(center_crop_arr(image, image_size))
     labels.append(label)
     if len(images) == encoder.batch_size:
-      flush(images, labels)
-      count += len(images)
+      yield from flush()
       images, labels = [], []
   if images:
-    flush(images, labels)
-    count += len(images)
-  writer.close()
-  os.replace(tmp, path)
-  return count
+    yield from flush()
 
 
 def extract_latents(config, out_dir: str, process_index: int | None = None,
                     process_count: int | None = None) -> dict:
   """Write this host's shards of the latent dataset into `out_dir`; returns a summary."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   e = config.data.extract
   p = jax.process_index() if process_index is None else process_index
   n_proc = jax.process_count() if process_count is None else process_count
@@ -216,8 +236,9 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
   t0, done = time.perf_counter(), 0
   for k, shard in enumerate(todo):
     start, end = shard * e.shard_size, min((shard + 1) * e.shard_size, total)
-    done += _write_shard(shard_path(out_dir, e.split, shard, num_shards), features, encoder,
-                         read_range(builder, e.split, start, end), e.image_size)
+    done += write_records(shard_path(out_dir, e.split, shard, num_shards), features,
+                          _encoded(encoder, read_range(builder, e.split, start, end),
+                                   e.image_size))
     rate = done / (time.perf_counter() - t0)
     left = sum(min(e.shard_size, total - s * e.shard_size) for s in todo[k + 1:])
     logging.info('shard %d/%d written: %d images this run, %.1f images/s, ~%.0f s left',
@@ -227,17 +248,9 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
     multihost_utils.sync_global_devices('latent shards written')
   if p == 0:
     lengths = [min(e.shard_size, total - s * e.shard_size) for s in range(num_shards)]
-    paths = [shard_path(out_dir, e.split, s, num_shards) for s in range(num_shards)]
-    missing = [q for q in paths if not os.path.exists(q)]
-    if missing:
-      raise ExtractionError(f'{len(missing)} shards missing after extraction, e.g. '
-                            f'{missing[0]}; run the extraction again to write them')
-    split = tfds.core.SplitInfo(name=e.split, shard_lengths=lengths,
-                                num_bytes=sum(os.path.getsize(q) for q in paths))
-    tfds.folder_dataset.write_metadata(
-        data_dir=out_dir, features=features, split_infos=[split], check_data=False,
-        description=f'SD-VAE posterior moments of {e.source}/{e.split} at {e.image_size} px '
-                    '(row 0 the image, row 1 its horizontal flip)')
+    write_dataset_info(out_dir, features, e.split, lengths,
+                       description=f'SD-VAE posterior moments of {e.source}/{e.split} at '
+                                   f'{e.image_size} px (row 0 the image, row 1 its flip)')
   seconds = time.perf_counter() - t0
   return dict(examples_this_run=done, seconds=seconds, shards=num_shards,
               images_per_s=done / seconds if done else 0.0)
