@@ -156,3 +156,19 @@ def test_batches_stack_examples(shards):
   records = captions.CaptionRecords([paths['tar']], image_size=8)
   batch = next(captions.batches(records, 4))
   assert batch['image'].shape == (4, 8, 8, 3) and len(batch['caption']) == 4
+
+
+def test_captioned_digits_read_through_the_same_interface(tmp_path):
+  from diffdis_jax.data import captions_digits as cd
+  paths = cd.write_caption_shards(str(tmp_path), 'test', size=8, seed=1, per_shard=100)
+  assert len(paths) == 3  # 297 test digits
+  out = []
+  for path in paths:  # one shard at a time: the records come in the order written
+    records = captions.CaptionRecords([path], image_size=8, mode='L', epochs=1)
+    out += list(records)
+    assert records.skipped_records == 0
+  memory = cd.load_captioned_digits('test', size=8, seed=1)
+  assert [e['caption'] for e in out] == list(memory['caption'])
+  images = np.stack([e['image'] for e in out])
+  assert images.shape == memory['image'].shape == (297, 8, 8, 1)
+  np.testing.assert_allclose(images, memory['image'], atol=0.5 / 127.5 + 1e-6)  # 8-bit PNG

@@ -146,8 +146,10 @@ def _raiser(reason: str):
 READERS = {'tfrecord': _read_tfrecord, 'array_record': _read_array_record, 'tar': _read_tar}
 
 
-def decode_pair(image_bytes, caption, image_size: int) -> tuple[np.ndarray, str]:
-  """(image float32 (size, size, 3) in [-1, 1], caption) or _Problem naming what is wrong."""
+def decode_pair(image_bytes, caption, image_size: int,
+                mode: str = 'RGB') -> tuple[np.ndarray, str]:
+  """(image float32 (size, size, channels of `mode`) in [-1, 1], caption), or _Problem
+  naming what is wrong."""
   if not isinstance(image_bytes, bytes) or not isinstance(caption, (bytes, str)):
     raise _Problem('wrong_type')
   try:
@@ -160,9 +162,10 @@ def decode_pair(image_bytes, caption, image_size: int) -> tuple[np.ndarray, str]
   try:
     with Image.open(io.BytesIO(image_bytes)) as image:
       image.load()
-      crop = center_crop_arr(image.convert('RGB'), image_size)
+      crop = center_crop_arr(image.convert(mode), image_size)
   except Exception:  # pylint: disable=broad-except  (PIL raises many kinds on bad bytes)
     raise _Problem('undecodable_image') from None
+  crop = crop.reshape(crop.shape[:2] + (-1,))  # 'L' images come back without a channel axis
   return crop.astype(np.float32) / 127.5 - 1.0, text
 
 
@@ -172,7 +175,7 @@ class CaptionRecords:
   def __init__(self, shards: Sequence[str], *, image_size: int, tokenizer=None,
                max_length: int = 77, seed: int = 0, process_index: int = 0,
                process_count: int = 1, image_key: str = 'image', caption_key: str = 'caption',
-               epochs: int | None = None):
+               epochs: int | None = None, mode: str = 'RGB'):
     for path in shards:
       shard_format(path)  # an unknown name fails here, not mid-run
     self.shards = sorted(shards)[process_index::process_count]
@@ -180,7 +183,7 @@ class CaptionRecords:
       raise ValueError(f'{len(shards)} caption shards cannot feed {process_count} hosts: '
                        'write at least one shard per host')
     self.image_size, self.tokenizer, self.max_length = image_size, tokenizer, max_length
-    self.seed, self.epochs = seed, epochs
+    self.seed, self.epochs, self.mode = seed, epochs, mode  # mode: PIL's 'RGB' or 'L'
     self.keys = (image_key, caption_key)
     self.skipped = collections.Counter()
     self._state = {'epoch': 0, 'shard': 0, 'record': 0}
@@ -210,7 +213,7 @@ class CaptionRecords:
             continue  # read before the state was saved
           self._state['record'] = index + 1
           try:
-            image, text = decode_pair(*record(), self.image_size)
+            image, text = decode_pair(*record(), self.image_size, self.mode)
           except _Problem as problem:
             self.skipped[str(problem)] += 1
             continue

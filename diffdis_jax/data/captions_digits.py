@@ -13,7 +13,10 @@ pools at the first end-of-text token.
     table = caption_table()                           # (10, templates) caption strings
     caps = sample_captions(labels, rng)               # one random template per image
 
-Images and the train/test split are those of `data/digits.py`.
+Images and the train/test split are those of `data/digits.py`. `write_caption_shards` writes
+the same pairs as webdataset tar shards, so they can also be read through the image-text
+interface of real data (`data/captions.CaptionRecords(..., mode='L')`); the demo itself keeps
+them in memory (`load_captioned_digits`), which is faster and exactly reproducible.
 """
 from __future__ import annotations
 
@@ -135,3 +138,29 @@ def load_captioned_digits(split: str = 'train', size: int = 16, seed: int = 0) -
   data = load_digits(split, size)
   captions = sample_captions(data['label'], np.random.default_rng(seed))
   return dict(data, caption=np.array(captions))
+
+
+def write_caption_shards(folder: str, split: str = 'train', size: int = 16, seed: int = 0,
+                         per_shard: int = 500) -> list[str]:
+  """`load_captioned_digits` as webdataset tars (NNNNNN.png, 8-bit grey, + NNNNNN.txt)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  data = load_captioned_digits(split, size, seed)
+  pixels = np.round((data['image'][..., 0] + 1.0) * 127.5).astype(np.uint8)
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for start in range(0, len(pixels), per_shard):
+    path = os.path.join(folder, f'digits-{split}-{start // per_shard:05d}.tar')
+    with tarfile.open(path, 'w') as tar:
+      for i in range(start, min(start + per_shard, len(pixels))):
+        png = io.BytesIO()
+        Image.fromarray(pixels[i], mode='L').save(png, 'PNG')
+        for name, payload in ((f'{i:06d}.png', png.getvalue()),
+                              (f'{i:06d}.txt', str(data['caption'][i]).encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(payload)
+          tar.addfile(info, io.BytesIO(payload))
+    paths.append(path)
+  return paths

@@ -44,7 +44,7 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
   scale = size / min(image.size)
   image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-  arr = np.asarray(image.convert('RGB'))
+  arr = np.asarray(image)  # in the image's own mode: callers convert (RGB, L, ...) first
   top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
   return arr[top:top + size, left:left + size]
 
@@ -197,7 +197,7 @@ def _encoded(encoder: LatentEncoder, examples, image_size: int):
 
   for image, label in examples:
     image = np.asarray(image)
-    image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert('RGB')
     images.append(center_crop_arr(image, image_size))
     labels.append(label)
     if len(images) == encoder.batch_size:
