@@ -57,6 +57,15 @@ def test_source_reads_what_was_written(latent_dir):
   np.testing.assert_array_equal(source[13]['mean'][1], -1013)
 
 
+def test_own_parsing_matches_tfds_data_source(latent_dir):
+  import tensorflow_datasets as tfds
+  theirs = tfds.builder_from_directory(latent_dir).as_data_source(split='train')
+  ours = pipeline.latent_source(latent_dir)
+  for i in (0, 9, 10, 23):  # first and last of shards
+    for key in ('mean', 'std', 'label'):
+      np.testing.assert_array_equal(ours[i][key], theirs[i][key])
+
+
 def test_batches_are_scaled_draws_of_image_or_flip(latent_dir):
   batches = _take(pipeline.make_train_iterator(_config(latent_dir)), 6)
   for b in batches:

@@ -13,6 +13,7 @@ data.latent_scale). See docs/data.md for the guarantees.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -60,10 +61,35 @@ def host_dataset(source, *, global_batch: int, seed: int, process_index: int = 0
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
 
 
-def latent_source(data_dir: str, split: str = 'train'):
-  """Random-access TFDS source over an extracted latent set: {'mean', 'std', 'label'}."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.builder_from_directory(data_dir).as_data_source(split=split)
+class LatentRecords:
+  """Random-access source over an extracted latent set: {'mean', 'std', 'label'} numpy.
+
+  The TFDS metadata names the files and shapes; records are read with grain's ArrayRecord
+  source (no readahead: the reads are shuffled) and parsed here, because TFDS' own
+  data source decodes ~4x slower and would limit the loader on a small host (docs/data.md).
+  """
+
+  def __init__(self, data_dir: str, split: str = 'train'):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    info = tfds.builder_from_directory(data_dir).info
+    self.paths = [os.fspath(p) for p in info.splits[split].filepaths]
+    self.shapes = {k: tuple(info.features[k].shape) for k in ('mean', 'std')}
+    self._records = grain.sources.ArrayRecordDataSource(self.paths)
+
+  def __len__(self):
+    return len(self._records)
+
+  def __getitem__(self, index):
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+    fields = tf_example_pb2.Example.FromString(self._records[index]).features.feature
+    out = {k: np.frombuffer(fields[k].bytes_list.value[0], np.float32).reshape(shape)
+           for k, shape in self.shapes.items()}
+    out['label'] = np.int64(fields['label'].int64_list.value[0])
+    return out
+
+
+def latent_source(data_dir: str, split: str = 'train') -> LatentRecords:
+  return LatentRecords(data_dir, split)
 
 
 def sample_latent(scale: float) -> Callable:
