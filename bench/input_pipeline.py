@@ -77,7 +77,7 @@ def bench_extraction(args) -> float:
   warm = np.zeros((1, args.image_size, args.image_size, 3), np.uint8)
   encoder(warm)  # compile
   features = il.output_features(args.image_size // 8, 4, 1000)
-  examples = ((np.asarray(Image.open(io.BytesIO(j)).convert('RGB')), 0) for j in jpegs)
+  examples = ((Image.open(io.BytesIO(j)).convert('RGB'), 0) for j in jpegs)
   with tempfile.TemporaryDirectory() as folder:
     t0 = time.perf_counter()
     n = il.write_records(os.path.join(folder, 'shard'), features,

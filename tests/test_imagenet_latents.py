@@ -110,12 +110,12 @@ def test_latents_are_the_vae_moments_of_the_crop_and_its_flip(files, extracted):
   root, torch_vae = files
   out, config, *_ = extracted
   source = il.open_source(config.data.extract)
-  images = [(np.asarray(im), label) for im, label in il.read_range(source, 'train', 0, 8)]
+  images = list(il.read_range(source, 'train', 0, 8))
   latents = pipeline.latent_source(out)
   assert len(latents) == 8
   assert sorted(int(latents[i]['label']) for i in range(8)) == [0] * 4 + [1] * 4
   for i in (0, 5, 7):  # one per shard
-    crop = il.center_crop_arr(Image.fromarray(images[i][0]), 16)
+    crop = il.center_crop_arr(images[i][0], 16)
     x = crop[None].astype(np.float32) / 127.5 - 1.0
     with torch.no_grad():
       dist = torch_vae.encode(nchw(np.concatenate([x, x[:, :, ::-1]]))).latent_dist
@@ -170,3 +170,20 @@ def test_cli_bad_vae_path_is_one_line(tmp_path):
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith('error: data.vae_path=')
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_reads_a_source_prepared_as_tfrecord(files, extracted, tmp_path):
+  """ImageNet prepared earlier in TFDS' default TFRecord format is read as it is."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  root, _ = files
+  _, config, *_ = extracted
+  tfds.builder('imagenet2012', data_dir=str(tmp_path)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root / 'manual')))
+  prepared = il.open_source(
+      extraction_config(root, source_dir=str(tmp_path), manual_dir='').data.extract)
+  assert prepared.info.file_format.value == 'tfrecord'
+  ours = list(il.read_range(prepared, 'train', 2, 7))
+  reference = list(il.read_range(il.open_source(config.data.extract), 'train', 2, 7))
+  assert [label for _, label in ours] == [label for _, label in reference]
+  for (a, _), (b, _) in zip(ours, reference):  # decoded by PIL either way
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

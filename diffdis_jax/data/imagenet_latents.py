@@ -17,6 +17,7 @@ TFDS metadata (dataset_info.json) is written last, by process 0, once every shar
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -72,8 +73,10 @@ def open_source(extract_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   e = extract_config
   data_dir = e.source_dir or None
-  builder = tfds.builder(e.source, data_dir=data_dir, file_format='array_record')
+  builder = tfds.builder(e.source, data_dir=data_dir)  # prepared: in whatever format it is
   if not builder.is_prepared():
+    # prepared here in ArrayRecord: random access lets each host read just its shards
+    builder = tfds.builder(e.source, data_dir=data_dir, file_format='array_record')
     if not e.manual_dir:
       raise ExtractionError(
           f'{e.source} is not prepared under data.extract.source_dir={e.source_dir!r}; pass '
@@ -86,17 +89,22 @@ def open_source(extract_config):
 
 
 def read_range(builder, split: str, start: int, end: int):
-  """(encoded or decoded image, label) of examples [start, end) of `split`."""
+  """(PIL image, label) of examples [start, end) of `split`.
+
+  The encoded bytes are decoded here with PIL, as ADM does, whatever format the source was
+  prepared in: TF's and PIL's JPEG decoders differ by a few levels per pixel.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  raw = {'image': tfds.decode.SkipDecoding()}
   if builder.info.file_format.value == 'array_record':
-    source = builder.as_data_source(split=split)
-    for i in range(start, end):
-      example = source[i]
-      yield example['image'], int(example['label'])
+    source = builder.as_data_source(split=split, decoders=raw)
+    examples = (source[i] for i in range(start, end))
   else:  # tfrecord: a sliced split skips whole files it does not need
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    ds = builder.as_dataset(split=f'{split}[{start}:{end}]', shuffle_files=False)
-    for example in tfds.as_numpy(ds):
-      yield example['image'], int(example['label'])
+    examples = tfds.as_numpy(builder.as_dataset(split=f'{split}[{start}:{end}]',
+                                                shuffle_files=False, decoders=raw))
+  for example in examples:
+    with Image.open(io.BytesIO(example['image'])) as image:
+      yield image.convert('RGB'), int(example['label'])
 
 
 def output_features(latent_side: int, latent_channels: int, num_classes: int):
@@ -190,7 +198,7 @@ def write_dataset_info(out_dir: str, features, split: str, shard_lengths, descri
 
 
 def encoded(encoder: LatentEncoder, examples, image_size: int):
-  """{'mean', 'std', 'label'} of each (image, label), encoded a batch at a time."""
+  """{'mean', 'std', 'label'} of each (RGB PIL image, label), encoded a batch at a time."""
   images, labels = [], []
 
   def flush():
@@ -198,9 +206,7 @@ def encoded(encoder: LatentEncoder, examples, image_size: int):
     yield from ({'mean': m, 'std': s, 'label': label}
                 for m, s, label in zip(mean, std, labels))
 
-  for image, label in examples:
-    image = np.asarray(image)
-    image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert('RGB')
+  for image, label in examples:  # PIL images
     images.append(center_crop_arr(image, image_size))
     labels.append(label)
     if len(images) == encoder.batch_size:
