@@ -172,3 +172,19 @@ def test_captioned_digits_read_through_the_same_interface(tmp_path):
   images = np.stack([e['image'] for e in out])
   assert images.shape == memory['image'].shape == (297, 8, 8, 1)
   np.testing.assert_allclose(images, memory['image'], atol=0.5 / 127.5 + 1e-6)  # 8-bit PNG
+
+
+def test_state_goes_through_grains_orbax_handler(shards, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  _, paths = shards
+  records = captions.CaptionRecords(sorted(paths.values()), image_size=8, seed=2)
+  it = iter(records)
+  for _ in range(5):
+    next(it)
+  checkpointer = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+  checkpointer.save(tmp_path / 'ckpt', args=grain.checkpoint.CheckpointSave(records))
+  expected = [next(it)['caption'] for _ in range(3)]
+  restored = captions.CaptionRecords(sorted(paths.values()), image_size=8, seed=2)
+  checkpointer.restore(tmp_path / 'ckpt', args=grain.checkpoint.CheckpointRestore(restored))
+  assert [e['caption'] for e in itertools.islice(restored, 3)] == expected

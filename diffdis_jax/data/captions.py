@@ -20,7 +20,8 @@ missing or of the wrong type, or a shard that is cut short, is skipped and count
 
 Order and resume: host p reads shards p, p+P, ... ; each epoch visits them in an order drawn
 from (seed, epoch). `get_state()` / `set_state()` give (epoch, shard, record) so a resumed run
-continues where it stopped (grain's checkpoint handler saves any object with these methods).
+continues where it stopped; `grain.checkpoint.CheckpointSave(records)` stores it in an orbax
+checkpoint like the grain iterators.
 Caching VAE latents and text-encoder outputs of these records is not done here yet (see
 docs/data.md).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import tarfile
 from typing import Iterator, Sequence
@@ -192,12 +194,18 @@ class CaptionRecords:
   def skipped_records(self) -> int:
     return sum(self.skipped.values())
 
-  def get_state(self) -> dict:
-    return dict(self._state, skipped=dict(self.skipped))
+  def get_state(self) -> bytes:
+    """JSON bytes: what grain's orbax checkpoint handler stores for a non-grain iterator."""
+    return json.dumps(dict(self._state, skipped=dict(self.skipped))).encode()
 
-  def set_state(self, state: dict):
+  def set_state(self, state: bytes | str | dict):
+    if not isinstance(state, dict):
+      state = json.loads(state)
     self._state = {k: int(state[k]) for k in ('epoch', 'shard', 'record')}
     self.skipped = collections.Counter(state.get('skipped', {}))
+
+  def start_prefetch(self):
+    """grain's checkpoint handler calls this after `set_state`; nothing is prefetched."""
 
   def _order(self, epoch: int) -> list[str]:
     perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.shards))
