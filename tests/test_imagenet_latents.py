@@ -170,6 +170,13 @@ def test_cli_bad_vae_path_is_one_line(tmp_path):
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith('error: data.vae_path=')
   assert not os.path.exists(tmp_path / 'out')
+  unfinished = subprocess.run(
+      [sys.executable, 'launch/main.py', '--config=configs/sddit_xl.py',
+       f'--workdir={tmp_path}/run', f'--config.data.dir={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert unfinished.returncode == 2
+  assert 'holds no dataset_info.json' in unfinished.stderr.strip().splitlines()[-1]
 
 
 def test_reads_a_source_prepared_as_tfrecord(files, extracted, tmp_path):

@@ -91,7 +91,8 @@ def _read_tfrecord(path: str, image_key: str, caption_key: str):
 
 
 def _read_array_record(path: str, image_key: str, caption_key: str):
-  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from array_record.python.array_record_module import ArrayRecordReader
   try:
     reader = ArrayRecordReader(path)
     count = reader.num_records()

@@ -53,7 +53,8 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
 def load_vae(path: str):
   """(AutoencoderKL, params) from a diffusers VAE folder, an SD folder holding vae/, or a
   .safetensors file (with config.json beside it, else SD's AutoencoderKL config)."""
-  from diffdis_jax.weights import from_diffusers_vae, load_safetensors  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from diffdis_jax.weights import from_diffusers_vae, load_safetensors
   if os.path.isdir(os.path.join(path, 'vae')):
     path = os.path.join(path, 'vae')
   weights = os.path.join(path, VAE_WEIGHTS) if os.path.isdir(path) else path
@@ -169,7 +170,8 @@ def _check_settings(out_dir: str, settings: dict):
 def write_records(path: str, features, examples) -> int:
   """Serialize `examples` (dicts matching `features`) into one ArrayRecord file, in order;
   the file appears under `path` only once complete."""
-  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from array_record.python.array_record_module import ArrayRecordWriter
   tmp = path + '.tmp'
   # one record per group: random access; uncompressed: latents barely compress and brotli,
   # the default, costs more CPU per read than the loader can spare
