@@ -17,9 +17,9 @@ from diffdis_jax.data import captions_digits
 def get_config():
   c = diffdis_common.diffdis_config()
   c.data.name = 'captioned_digits'
-  c.data.image_size = 16
+  c.data.image_size = 8             # the digits' native resolution: 4x cheaper than 16x16
   m = c.model
-  m.input_size, m.in_channels = 16, 1             # pixels in [-1, 1]: no VAE
+  m.input_size, m.in_channels = 8, 1              # pixels in [-1, 1]: no VAE
   m.block_out_channels = (32, 64)
   m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
   m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
@@ -40,14 +40,14 @@ def get_config():
   d.positives = 'same_label'      # generated captions: every image of a digit shares content
   d.zeroshot.templates = captions_digits.CLASS_TEMPLATES
   d.zeroshot.steps = 10
-  d.sample.steps = 25
+  d.sample.steps = 20
   d.sample.guidance = 3.0
 
-  c.batch_size = 64
-  c.total_steps = 1500
+  c.batch_size = 32
+  c.total_steps = 600
   c.log_every = 50
-  c.checkpoint_every = 500
-  c.sample_every = 500
+  c.checkpoint_every = 300
+  c.sample_every = 300
   c.ema_decay = 0.999
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 100

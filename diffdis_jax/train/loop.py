@@ -91,7 +91,10 @@ class Trainer:
     self.compiler_options = None
 
   def init_state(self):
-    return self.task.finish_init(self._init(self._rng), self.state_shardings)
+    # the initialiser runs once: XLA's cheapest compile (a UNet's init otherwise compiles as
+    # long as a forward pass)
+    init = self._init.lower(self._rng).compile({'xla_backend_optimization_level': 0})
+    return self.task.finish_init(init(self._rng), self.state_shardings)
 
   def abstract_batch(self):
     return self.task.abstract_batch(self.batch_sharding)
