@@ -7,6 +7,7 @@ then the mesh checks.
 """
 from __future__ import annotations
 
+import json
 import os
 
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
@@ -183,6 +184,31 @@ def check_diffdis_objective(config):
            f'diffdis.{field} must be in [1, {d.num_train_timesteps}], got {value}')
 
 
+def check_diffdis_init(config):
+  """With init.sd_folder, config.model must describe the folder's UNet (its weights load
+  unchanged) and diffdis.context_dim its cross-attention width."""
+  folder = config.init.sd_folder
+  if not folder:
+    return
+  path = os.path.join(folder, 'unet', 'config.json')
+  _check(os.path.isfile(path),
+         f'init.sd_folder={folder!r} is not a diffusers Stable Diffusion folder (no '
+         'unet/config.json); pass --config.init.sd_folder=/path/to/sd-1.5')
+  from diffdis_jax.build import UNET_FIELDS  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.nn.unet import UNet2DCondition  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    theirs = json.load(f)
+  defaults = UNet2DCondition()
+  norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+  wanted = {k: theirs.get(k, getattr(defaults, k)) for k in UNET_FIELDS + ('in_channels',)}
+  wanted['context_dim'] = theirs.get('cross_attention_dim', 1280)
+  mine = {k: config.model[k] for k in UNET_FIELDS + ('in_channels',)}
+  mine['context_dim'] = config.diffdis.context_dim
+  diff = [f'{k}={norm(wanted[k])!r}' for k in wanted if norm(wanted[k]) != norm(mine[k])]
+  _check(not diff, f'config.model does not match the UNet of {folder}: set ' + ', '.join(
+      f'model.{d}' if not d.startswith('context_dim') else f'diffdis.{d}' for d in diff))
+
+
 def check_diffdis_data(config):
   m, d = config.model, config.diffdis
   _one_of(config.data.name, DIFFDIS_DATASETS, 'data.name')
@@ -198,10 +224,9 @@ def check_diffdis_data(config):
            f'text_encoder.hidden_size {t.hidden_size} is not divisible by '
            f'text_encoder.num_attention_heads {t.num_attention_heads}')
   else:
-    folder = config.init.sd_folder
-    _check(bool(folder) and os.path.isfile(os.path.join(folder, 'unet', 'config.json')),
-           f'init.sd_folder={folder!r} is not a diffusers Stable Diffusion folder (unet/, vae/, '
-           'text_encoder/, tokenizer/); pass --config.init.sd_folder=/path/to/sd-1.5')
+    _check(bool(config.init.sd_folder),
+           'data.name=image_text_pairs starts from Stable Diffusion: pass '
+           '--config.init.sd_folder=/path/to/sd-1.5 (a diffusers folder)')
     raise ConfigError(
         'data.name=image_text_pairs: the image-text pair pipeline (SD latents + CLIP c and e '
         'per caption) does not exist yet (issue 6); use configs/demo_diffdis.py meanwhile')
@@ -210,5 +235,6 @@ def check_diffdis_data(config):
 # method -> its checks, run in order after check_common
 METHOD_CHECKS = {
     'sddit': (check_sddit_model, check_sddit_objective, check_sddit_data),
-    'diffdis': (check_diffdis_model, check_diffdis_objective, check_diffdis_data),
+    'diffdis': (check_diffdis_model, check_diffdis_objective, check_diffdis_init,
+                check_diffdis_data),
 }
