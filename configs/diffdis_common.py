@@ -9,6 +9,9 @@ settings of these fields:
                                                     no diffusion of e)
 """
 import ml_collections
+from ml_collections import config_dict
+
+from configs import common
 
 
 def diffdis_defaults() -> ml_collections.ConfigDict:
@@ -59,10 +62,39 @@ def diffdis_defaults() -> ml_collections.ConfigDict:
   d.zeroshot.spacing = 'trailing' # start at t = T-1: the start is pure noise
   d.zeroshot.seeds = 1            # noise draws averaged per image (unit vectors, then mean)
   d.zeroshot.templates = ('a photo of a {}.',)  # CLIP-style; ensembling = mean of unit vectors
+  d.zeroshot.batch = 64           # images per predictor call in the final evaluation
 
   # -- text-to-image sampling (eval/sample_diffdis.py, §3.1) --
   d.sample = ml_collections.ConfigDict()
   d.sample.steps = 50             # SD's usual DDIM setting
   d.sample.guidance = 7.5         # CFG on c: SD's usual scale
   d.sample.spacing = 'leading'    # SD pipeline's DDIM default (steps_offset 1)
+  d.sample.per_prompt = 8         # preview grid: samples per prompt (one row per prompt)
   return d
+
+
+def sd15_unet() -> ml_collections.ConfigDict:
+  """config.model of a DiffDis config: SD 1.5's UNet (diffusers' field names) on 64x64x4
+  latents (512 px through the SD VAE)."""
+  return ml_collections.ConfigDict(dict(
+      input_size=64, in_channels=4,
+      block_out_channels=(320, 640, 1280, 1280),
+      down_block_types=('CrossAttnDownBlock2D',) * 3 + ('DownBlock2D',),
+      up_block_types=('UpBlock2D',) + ('CrossAttnUpBlock2D',) * 3,
+      layers_per_block=2, attention_head_dim=8, transformer_layers_per_block=1,
+      norm_num_groups=32, use_linear_projection=False,
+      attention_impl=config_dict.placeholder(str), remat=False))
+
+
+def diffdis_config() -> ml_collections.ConfigDict:
+  """The shared fields (configs/common.py) less SD-DiT's, plus the UNet, `diffdis` and `init`."""
+  c = common.get_base_config()
+  c.method = 'diffdis'
+  for sddit_only in ('sddit', 'edm', 'sample', 'eval'):
+    del c[sddit_only]
+  c.model = sd15_unet()
+  c.diffdis = diffdis_defaults()
+  c.init = ml_collections.ConfigDict()
+  c.init.sd_folder = ''           # a diffusers SD folder: its UNet initialises the model
+  c.data.name = 'image_text_pairs'
+  return c

@@ -1,4 +1,4 @@
-"""Build the model, optimizer and objective a config describes."""
+"""Build the model a config describes (one builder per method)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -7,13 +7,17 @@ from diffdis_jax.nn.dit import SDDiT, parse_dit_name
 from diffdis_jax.objectives import get_objective
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# config.model fields of a DiffDis config that are UNet2DCondition fields (diffusers' names)
+UNET_FIELDS = ('block_out_channels', 'down_block_types', 'up_block_types', 'layers_per_block',
+               'attention_head_dim', 'transformer_layers_per_block', 'norm_num_groups',
+               'use_linear_projection')
 
 
 def compute_dtype(config):
   return DTYPES[config.compute_dtype]
 
 
-def build_model(config) -> SDDiT:
+def build_sddit(config) -> SDDiT:
   """The SDDiT of `config.model`; the projection head exists only when the teacher is used."""
   m = config.model
   depth, width, heads, patch = parse_dit_name(m.name)
@@ -25,3 +29,22 @@ def build_model(config) -> SDDiT:
       decoder_depth=m.decoder_depth, decoder_width=m.decoder_width,
       decoder_heads=m.decoder_heads, infill=m.infill, head=head,
       attention_impl=m.attention_impl, remat=m.remat, dtype=compute_dtype(config))
+
+
+def build_diffdis(config):
+  """The DiffDisUNet of `config.model` (UNet fields) and `config.diffdis` (text stream)."""
+  from diffdis_jax.nn.diffdis import DiffDisUNet  # pylint: disable=g-import-not-at-top
+  m, d = config.model, config.diffdis
+  unet = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
+  return DiffDisUNet(
+      in_channels=m.in_channels, out_channels=m.in_channels, **unet, text_dim=d.text_dim,
+      align=d.align_mode, head_blocks=d.head_blocks, image_null=d.image_null,
+      logit_scale_init=d.logit_scale_init, attention_impl=m.attention_impl,
+      dtype=compute_dtype(config))
+
+
+MODEL_BUILDERS = {'sddit': build_sddit, 'diffdis': build_diffdis}
+
+
+def build_model(config):
+  return MODEL_BUILDERS[config.method](config)

@@ -1,4 +1,6 @@
-"""The training loop: state on the mesh, the compiled step, logging, checkpoints, samples."""
+"""The training loop: state on the mesh, the compiled step, logging, checkpoints, samples.
+
+Method-specific parts (model, data, sample grid, final evaluation) live in tasks/."""
 from __future__ import annotations
 
 import json
@@ -11,12 +13,11 @@ import jax
 import jax.numpy as jnp
 from clu import metric_writers, periodic_actions
 
-from diffdis_jax import build
-from diffdis_jax.data import pipeline
-from diffdis_jax.eval import sample as sample_lib
 from diffdis_jax.eval.evaluate import TrainingFID
+from diffdis_jax.eval.sample import save_png
 from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
+from diffdis_jax.tasks import make_task
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.train import preemption
 from diffdis_jax.train import step as step_lib
@@ -75,10 +76,13 @@ class Trainer:
     checkpoint of an 8-device mesh on 2 devices."""
     self.config, self.workdir = config, workdir
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
-    self.model = build.build_model(config)
+    # what differs between methods (model, data, previews, final evaluation): tasks/
+    self.task = make_task(config, workdir)
+    self.model = self.task.build_model()
     self.objective = get_objective(config.method)
     self.tx = step_lib.make_optimizer(config)
-    init_fn = step_lib.make_init_fn(self.model, self.tx, self.objective, config)
+    init_fn = step_lib.make_init_fn(self.model, self.tx, self.objective, config,
+                                    init_params=self.task.init_params)
     rng = jax.random.PRNGKey(config.seed)
     self.abstract_state, logical = step_lib.unboxed_abstract_state(init_fn, rng)
     self.state_shardings = mesh_lib.logical_to_shardings(logical, self.mesh, config.axis_rules)
@@ -92,15 +96,13 @@ class Trainer:
     self.compiler_options = None
 
   def init_state(self):
-    return self._init(self._rng)
+    # the initialiser runs once: XLA's cheapest compile (a UNet's init otherwise compiles as
+    # long as a forward pass)
+    init = self._init.lower(self._rng).compile({'xla_backend_optimization_level': 0})
+    return self.task.finish_init(init(self._rng), self.state_shardings)
 
   def abstract_batch(self):
-    m, b = self.config.model, self.config.batch_size
-    return {
-        'image': jax.ShapeDtypeStruct((b, m.input_size, m.input_size, m.in_channels),
-                                      jnp.float32, sharding=self.batch_sharding),
-        'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=self.batch_sharding),
-    }
+    return self.task.abstract_batch(self.batch_sharding)
 
   def compile_step(self):
     """The train step, compiled ahead of time for the state and batch shardings."""
@@ -118,7 +120,7 @@ class Trainer:
     return compiled
 
   def data_iterator(self):
-    return pipeline.make_train_iterator(self.config, jax.process_index(), jax.process_count())
+    return self.task.train_iterator(jax.process_index(), jax.process_count())
 
   def shard(self, batch):
     return mesh_lib.shard_batch(batch, self.mesh)
@@ -148,7 +150,7 @@ class Trainer:
     if start == 0:
       writer.write_hparams({k: v for k, v in _flat(config).items()})
     train_step = self.compile_step()
-    sample_fn = jax.jit(sample_lib.make_sample_fn(self.model, config))
+    sample_fn = self.task.make_preview_fn(self.model)
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                              every_steps=config.log_every)]
     logging.info('training from step %d to %d on mesh %s', start, config.total_steps,
@@ -185,41 +187,24 @@ class Trainer:
         break
       if fid_hook:
         fid_hook(step, state.ema_params, writer, jsonl)
-    if (not preempted and last == config.total_steps and config.data.name == 'digits'
-        and config.eval.digits_samples):
-      scores = self.evaluate_digits(sample_fn, state.ema_params)
-      writer.write_scalars(last, scores)
-      jsonl.write(last, scores)
+    if not preempted and last == config.total_steps:
+      scores = self.task.final_eval(sample_fn, state.ema_params)
+      if scores:
+        writer.write_scalars(last, scores)
+        jsonl.write(last, scores)
     checkpointer.close()
     writer.flush()
     writer.close()
     return state
 
-  def evaluate_digits(self, sample_fn, params):
-    """fd_digits and sample_class_acc of class-balanced samples (see eval/digits_metric.py)."""
-    from diffdis_jax.eval.digits_metric import DigitsMetric  # pylint: disable=g-import-not-at-top
-    config, m = self.config, self.config.model
-    n = config.eval.digits_samples
-    labels = jnp.arange(n, dtype=jnp.int32) % m.num_classes
-    noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
-                              (n, m.input_size, m.input_size, m.in_channels))
-    samples = jax.device_get(sample_fn(params, noise, labels))
-    metric = DigitsMetric.create(cache_dir=os.path.join(self.workdir, 'digits_classifier'),
-                                 seed=0, size=config.data.image_size)
-    scores = metric.evaluate(samples, jax.device_get(labels))
-    logging.info('digits metric on %d samples: %s', n, scores)
-    return scores
-
   def write_samples(self, sample_fn, params, step, writer, name=None):
-    """The class-conditional grid as samples/<name or step_N>.png (and to TensorBoard)."""
-    if self.config.model.in_channels not in (1, 3):
-      logging.info('sample grid skipped: latents need a VAE decoder to be shown')
+    """The task's preview grid as samples/<name or step_N>.png (and to TensorBoard)."""
+    grid = self.task.preview(sample_fn, params)
+    if grid is None:
       return None
-    rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
-    grid = sample_lib.sample_grid(sample_fn, params, self.config, rng)
     if jax.process_index() == 0:
       path = os.path.join(self.workdir, 'samples', name or f'step_{step:08d}.png')
-      sample_lib.save_png(path, grid, upscale=4)
+      save_png(path, grid, upscale=4)
       if writer is not None:
         writer.write_images(step, {'samples': grid[None]})
       logging.info('sample grid: %s', path)
@@ -269,7 +254,7 @@ def sample_from_checkpoint(config, workdir: str, trainer: Trainer | None = None)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
   state = trainer.restore_or_init(checkpointer, trainer.data_iterator())
-  sample_fn = jax.jit(sample_lib.make_sample_fn(trainer.model, config))
+  sample_fn = trainer.task.make_preview_fn(trainer.model)
   trainer.write_samples(sample_fn, state.ema_params, int(state.step), None, name='final.png')
   checkpointer.close()
   return os.path.join(workdir, 'samples', 'final.png')

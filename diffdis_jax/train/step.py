@@ -21,22 +21,21 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def dummy_inputs(model, batch: int = 1):
-  """Arguments for model.init: NHWC image, noise-level input, class ids."""
-  x = jnp.zeros((batch, model.input_size, model.input_size, model.in_channels), jnp.float32)
-  return x, jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32)
-
-
-def make_init_fn(model, tx, objective, config):
+def make_init_fn(model, tx, objective, config, init_params=None):
   """init(rng) -> TrainState whose arrays are still boxed with logical axis names.
 
-  Boxes (nn.LogicallyPartitioned) pass through optax and tree maps, so the optimizer state,
-  EMA and teacher inherit the parameter names; `nn.get_partition_spec` reads them and
-  `nn.unbox` drops them (see train/loop.py).
+  `init_params(model, rng)` -> boxed params; default: the method's task (tasks/), e.g.
+  model.init on dummy inputs. Boxes (nn.LogicallyPartitioned) pass through optax and tree
+  maps, so the optimizer state, EMA and teacher inherit the parameter names;
+  `nn.get_partition_spec` reads them and `nn.unbox` drops them (see train/loop.py).
   """
+  if init_params is None:
+    from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
+    init_params = make_task(config).init_params
+
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
-    params = model.init(init_rng, *dummy_inputs(model))['params']
+    params = init_params(model, init_rng)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         ema_params=params, aux=objective.init_aux(params, model, config), rng=state_rng,

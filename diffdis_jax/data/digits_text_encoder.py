@@ -1,0 +1,154 @@
+"""The DiffDis demo's text encoder: a tiny CLIP trained from scratch on the captioned digits.
+
+DiffDis keeps its text encoder frozen (paper §3; docs/paper_notes.md), so the demo trains one
+first, in a short seeded pre-stage: `CLIPTextModel` (nn/clip_text.py) over the captions'
+word-level tokenizer (data/captions_digits.py) plus a small MLP image tower, contrastively
+(symmetric InfoNCE, objectives/diffdis.info_nce) on the training digits and their captions.
+Captions of the same digit are positives for each other (they describe the same content; the
+templates are interchangeable). The text tower's parameters are cached under
+<cache_dir>/text_encoder_v{VERSION}_<fingerprint>.npz; afterwards only the text tower is used:
+
+    enc = DigitsTextEncoder.create(config.text_encoder, cache_dir, seed)
+    c, e = enc.encode(['a handwritten digit seven', ''])   # (n, L, d_c) and unit (n, d_y)
+
+c is the last hidden state (DiffDis's token-wise condition), e the L2-normalised projected
+end-of-text embedding (the text query, objectives/diffdis.text_query 'projected_eot').
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.data.digits import load_digits
+from diffdis_jax.nn import layers
+from diffdis_jax.nn.clip_text import CLIPTextModel
+from diffdis_jax.objectives.diffdis import info_nce, positive_mask, text_query
+
+VERSION = 1
+
+
+class ImageTower(nn.Module):
+  """Flattened pixels -> MLP -> the shared embedding space (used only by the pre-stage)."""
+  hidden: int
+  out: int
+
+  @nn.compact
+  def __call__(self, images):
+    x = images.reshape(images.shape[0], -1)
+    return layers.Mlp(self.hidden, self.out, activation='gelu', name='mlp')(x)
+
+
+class TinyCLIP(nn.Module):
+  text: CLIPTextModel
+  image: ImageTower
+
+  def __call__(self, images, input_ids):
+    return self.image(images), self.text(input_ids)['text_embeds']
+
+  def encode_text(self, input_ids):
+    return self.text(input_ids)
+
+
+def text_model(t, vocab_size: int) -> CLIPTextModel:
+  """The text tower of `config.text_encoder` (`t`); eos id 1 matches the caption tokenizer."""
+  return CLIPTextModel(
+      vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+      num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+      max_position_embeddings=cd.MAX_LENGTH, hidden_act='quick_gelu', eos_token_id=1,
+      projection_dim=t.projection_dim)
+
+
+def _fingerprint(t, seed: int, size: int) -> str:
+  fields = json.dumps({'t': t.to_dict() if hasattr(t, 'to_dict') else dict(t), 'seed': seed,
+                       'size': size, 'vocab': cd.vocabulary()}, sort_keys=True)
+  return hashlib.sha256(fields.encode()).hexdigest()[:12]
+
+
+def pretrain(t, seed: int, size: int, tokenizer) -> dict:
+  """Contrastive pre-stage; returns the text tower's parameters (host numpy)."""
+  data = load_digits('train', size)
+  table = cd.caption_table()
+  ids_table, _ = cd.tokenize(tokenizer, table.ravel())
+  ids_table = ids_table.reshape(table.shape + (-1,))          # (10, templates, L)
+  model = TinyCLIP(text_model(t, len(tokenizer)), ImageTower(t.image_hidden, t.projection_dim))
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), data['image'][:2],
+                               ids_table[0, :2])['params'])
+  params['logit_scale'] = jnp.log(jnp.float32(10.0))
+  tx = optax.adamw(t.pretrain_lr, weight_decay=1e-4)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, images, ids, labels):
+    def loss_fn(p):
+      img, txt = model.apply({'params': {k: v for k, v in p.items() if k != 'logit_scale'}},
+                             images, ids)
+      scale = jnp.minimum(jnp.exp(p['logit_scale']), 100.0)
+      return info_nce(img, txt, scale, positive_mask('same_label', labels=labels))
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  rng = np.random.default_rng(seed)
+  n = len(data['label'])
+  for i in range(t.pretrain_steps):
+    idx = rng.integers(0, n, t.pretrain_batch)
+    labels = data['label'][idx]
+    ids = ids_table[labels, rng.integers(0, table.shape[1], len(idx))]
+    params, opt_state, loss, acc = step(params, opt_state, data['image'][idx], ids, labels)
+    if (i + 1) % 100 == 0:
+      logging.info('text encoder pre-stage step %d: loss %.3f, i2t acc %.3f', i + 1,
+                   float(loss), float(acc))
+  return jax.device_get(params['text'])
+
+
+@dataclasses.dataclass
+class DigitsTextEncoder:
+  """The frozen demo text encoder: tokenizer, CLIPTextModel and its trained parameters."""
+  tokenizer: object
+  model: CLIPTextModel
+  params: dict
+
+  @classmethod
+  def create(cls, t, cache_dir: Optional[str], seed: int = 0, size: int = 16):
+    """Loads the text tower from `cache_dir` or runs the pre-stage (and caches it there)."""
+    tokenizer = cd.build_tokenizer()
+    model = text_model(t, len(tokenizer))
+    path = (os.path.join(cache_dir, f'text_encoder_v{VERSION}_{_fingerprint(t, seed, size)}.npz')
+            if cache_dir else None)
+    if path and os.path.exists(path):
+      with np.load(path) as npz:
+        params = flax.traverse_util.unflatten_dict({k: npz[k] for k in npz.files}, sep='/')
+    else:
+      params = pretrain(t, seed, size, tokenizer)
+      if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        flat = flax.traverse_util.flatten_dict(params, sep='/')
+        tmp = f'{path}.tmp.npz'
+        np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    return cls(tokenizer, model, params)
+
+  def encode(self, texts: Sequence[str]):
+    """(c, e): last hidden states (n, L, d_c) and unit text queries (n, d_y), numpy."""
+    ids, _ = cd.tokenize(self.tokenizer, texts)
+    out = _apply_text(self.model, self.params, jnp.asarray(ids))
+    return np.asarray(out[0]), np.asarray(out[1])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_text(model, params, ids):
+  out = model.apply({'params': params}, ids)
+  return out['last_hidden_state'].astype(jnp.float32), text_query(out, 'projected_eot')

@@ -1,0 +1,183 @@
+"""DiffDis: the SD UNet with a text stream, trained on image-text pairs (objectives/diffdis.py).
+
+The text encoder is frozen (paper §3), so its outputs are precomputed: every batch carries
+c ('context', the caption's last hidden states) and e ('query', its unit text query) beside
+the image. Where they come from depends on `data.name`:
+
+  captioned_digits  the CPU demo: pixels are the UNet's input (no VAE); c and e come from a
+                    tiny CLIP trained from scratch in a seeded pre-stage and cached under
+                    <workdir>/text_encoder/ (data/digits_text_encoder.py). A caption template
+                    is drawn per example and epoch.
+  image_text_pairs  SD latents with CLIP c and e per caption: not wired yet (PAIRS_NOT_WIRED).
+
+With `init.sd_folder` set, the UNet's weights are those of a diffusers SD folder, unchanged
+(nn/diffdis.with_unet_params), and the empty prompt's c comes from that folder's CLIP.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffdis_jax import build
+from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.data import pipeline
+from diffdis_jax.eval import zeroshot
+from diffdis_jax.eval.sample import to_grid
+from diffdis_jax.eval.sample_diffdis import make_t2i_sampler
+from diffdis_jax.nn.diffdis import init_inputs, with_unet_params
+from diffdis_jax.objectives import diffdis as objective
+from diffdis_jax.validate import PAIRS_NOT_WIRED
+
+
+
+class SDTextEncoder:
+  """The CLIP text encoder of a diffusers SD folder, for the empty prompt's c."""
+
+  def __init__(self, sd, config):
+    self.sd, self.config = sd, config
+
+  def encode(self, texts):
+    d = self.config.diffdis
+    ids = self.sd.tokenizer(list(texts), padding='max_length', max_length=d.context_length,
+                            truncation=True, return_tensors='np')['input_ids']
+    out = self.sd.text_encoder.apply({'params': self.sd.text_encoder_params}, ids)
+    e = (objective.text_query(out, d.query) if d.query != 'projected_eot'
+         or 'text_embeds' in out else None)
+    return np.asarray(out['last_hidden_state'], np.float32), None if e is None else np.asarray(e)
+
+
+class DiffDisTask:
+
+  def __init__(self, config, workdir: str | None = None):
+    self.config, self.workdir = config, workdir
+    self.model = None
+
+  def build_model(self):
+    self.model = build.build_diffdis(self.config)
+    return self.model
+
+  def init_params(self, model, rng):
+    m, d = self.config.model, self.config.diffdis
+    inputs = init_inputs(model, m.input_size, d.context_length, d.context_dim)
+    return model.init(rng, *inputs, method='initialize')['params']
+
+  # ------------------------------------------------------------------ the frozen text encoder
+
+  @functools.cached_property
+  def stable_diffusion(self):
+    from diffdis_jax import weights  # pylint: disable=g-import-not-at-top
+    return weights.load_stable_diffusion(self.config.init.sd_folder)
+
+  @functools.cached_property
+  def text(self):
+    """encode(texts) -> (c (n, L, d_c), e (n, d_y) unit) as numpy."""
+    c = self.config
+    if c.init.sd_folder:
+      return SDTextEncoder(self.stable_diffusion, c)
+    if c.data.name != 'captioned_digits':
+      raise ValueError(PAIRS_NOT_WIRED)
+    from diffdis_jax.data.digits_text_encoder import DigitsTextEncoder  # pylint: disable=g-import-not-at-top
+    cache = os.path.join(self.workdir, 'text_encoder') if self.workdir else None
+    return DigitsTextEncoder.create(c.text_encoder, cache, seed=c.text_encoder.seed,
+                                    size=c.data.image_size)
+
+  @functools.cached_property
+  def caption_tables(self):
+    """c and e of every caption, indexed [digit, template]."""
+    table = cd.caption_table()
+    c, e = self.text.encode(list(table.ravel()))
+    return c.reshape(table.shape + c.shape[1:]), e.reshape(table.shape + e.shape[1:])
+
+  # ------------------------------------------------------------------ state, batches
+
+  def finish_init(self, state, shardings):
+    """The empty prompt's c into aux; SD's UNet weights into the params when given."""
+    null_context = self.text.encode([''])[0][0]
+    aux = objective.set_null_context(state.aux, null_context)
+    state = state.replace(aux=aux)
+    if self.config.init.sd_folder:
+      params = with_unet_params(jax.device_get(state.params),
+                                self.stable_diffusion.unet_params)
+      # host copies: params and EMA must not share device buffers (the step donates both)
+      state = state.replace(params=params, ema_params=jax.tree.map(np.array, params))
+      logging.info('UNet initialised from %s', self.config.init.sd_folder)
+    return jax.device_put(state, shardings)
+
+  def abstract_batch(self, batch_sharding):
+    m, d, b = self.config.model, self.config.diffdis, self.config.batch_size
+    spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype,
+                                                                 sharding=batch_sharding)
+    batch = {'image': spec((b, m.input_size, m.input_size, m.in_channels)),
+             'context': spec((b, d.context_length, d.context_dim)),
+             'query': spec((b, d.text_dim))}
+    if self.config.data.name == 'captioned_digits':
+      batch['label'] = spec((b,), jnp.int32)
+    return batch
+
+  def train_iterator(self, process_index: int, process_count: int):
+    c = self.config
+    if c.data.name != 'captioned_digits':
+      raise ValueError(PAIRS_NOT_WIRED)
+    from diffdis_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
+    contexts, queries = self.caption_tables
+    templates = contexts.shape[1]
+
+    def add_caption(example, rng):
+      t = int(rng.integers(templates))
+      label = int(example['label'])
+      return dict(example, context=contexts[label, t], query=queries[label, t])
+
+    source = pipeline.ArraySource(load_digits('train', c.data.image_size))
+    return iter(pipeline.host_dataset(source, global_batch=c.batch_size, seed=c.seed,
+                                      process_index=process_index,
+                                      process_count=process_count, transform=add_caption))
+
+  # ------------------------------------------------------------------ previews and evaluation
+
+  def make_preview_fn(self, model):
+    return jax.jit(make_t2i_sampler(model, self.config))
+
+  def preview(self, sample_fn, params):
+    """Text-to-image grid: one row per digit prompt ('a handwritten digit seven', ...)."""
+    m, d = self.config.model, self.config.diffdis
+    if m.in_channels not in (1, 3) or self.config.data.name != 'captioned_digits':
+      logging.info('text-to-image grid skipped: latents need the VAE decoder to be shown')
+      return None
+    per_row = d.sample.per_prompt
+    prompts = [cd.CLASS_TEMPLATES[0].format(name) for name in cd.CLASS_NAMES]
+    context = np.repeat(self.text.encode(prompts)[0], per_row, axis=0)
+    null_context = self.text.encode([''])[0][0]
+    noise = jax.random.normal(jax.random.PRNGKey(self.config.seed + 1),  # the same every time
+                              (len(context), m.input_size, m.input_size, m.in_channels))
+    images = sample_fn(params, noise, jnp.asarray(context), jnp.asarray(null_context))
+    return to_grid(jax.device_get(images), per_row)
+
+  def final_eval(self, sample_fn, params) -> dict:
+    """Zero-shot top-1/top-5 on the held-out digits (class prompts as candidates) and
+    image<->caption retrieval recalls over their captions."""
+    del sample_fn
+    c, d = self.config, self.config.diffdis
+    if c.data.name != 'captioned_digits' or d.align_mode == 'none':
+      return {}
+    test = cd.load_captioned_digits('test', c.data.image_size, seed=c.seed)
+    predict = jax.jit(zeroshot.make_query_predictor(self.model, c))
+    null_context = jnp.asarray(self.text.encode([''])[0][0])
+    rng = jax.random.PRNGKey(c.seed + 3)
+    preds = []
+    for i, start in enumerate(range(0, len(test['label']), d.zeroshot.batch)):
+      chunk = jnp.asarray(test['image'][start:start + d.zeroshot.batch])
+      preds.append(np.asarray(predict(params, chunk, null_context, jax.random.fold_in(rng, i))))
+    preds = np.concatenate(preds)
+    queries = zeroshot.class_queries(lambda texts: self.text.encode(texts)[1], cd.CLASS_NAMES,
+                                     d.zeroshot.templates)
+    scores = zeroshot.topk_accuracy(zeroshot.similarity(preds, queries), test['label'])
+    captions = self.text.encode(list(test['caption']))[1]
+    scores.update(zeroshot.retrieval_recalls(zeroshot.similarity(preds, captions),
+                                             np.arange(len(captions))))
+    logging.info('zero-shot on %d held-out digits: %s', len(preds), scores)
+    return scores
