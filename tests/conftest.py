@@ -33,13 +33,18 @@ def tiny_sddit_config(**overrides):
   c.sample.steps = 3
   c.sample.per_class = 1
   c.eval.digits_samples = 0
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+  """config with each dotted key ('model.width') of `overrides` set; returns the config."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *path, last = key.split('.')
     for part in path:
       node = node[part]
     node[last] = value
-  return c
+  return config
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import apply_overrides
 from configs import demo_diffdis, diffdis_sd15
 from diffdis_jax import validate
 from diffdis_jax.train import checkpoint as ckpt_lib
@@ -32,13 +33,7 @@ def tiny_demo_config(**overrides):
   c.batch_size = 16
   c.mesh.data, c.mesh.fsdp = 2, 4
   c.log_every, c.checkpoint_every, c.sample_every = LOG_EVERY, 100, 10_000
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return c
+  return apply_overrides(c, overrides)
 
 
 def _trainer(config, workdir):
