@@ -336,6 +336,10 @@ def validate_eval_inputs(config, mode: str, workdir: str, num_devices: int | Non
   # pylint: disable=g-import-not-at-top
   from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
   from diffdis_jax.parallel import mesh as mesh_lib
+  if config.method == 'diffdis':
+    _check(mode != 'sample', '--mode=sample writes class-conditional samples for FID '
+                             '(method=sddit); for DiffDis use --mode=grid (text-to-image grid)')
+    return
   s, e = config.sample, config.eval
   weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
   ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'

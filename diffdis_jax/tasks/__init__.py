@@ -13,6 +13,8 @@ A task is built as `make_task(config, workdir)` and provides:
   make_preview_fn(model)                   the jitted sampler `preview` uses
   preview(preview_fn, params)              the periodic sample grid, uint8 (h, w, c), or None
   final_eval(preview_fn, params)           {name: scalar} written to metrics.jsonl at the end
+  eval_hooks(trainer)                      callables (step, ema_params, writer, jsonl) run
+                                           after every step, each deciding when to evaluate
 """
 from __future__ import annotations
 

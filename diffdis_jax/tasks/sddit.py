@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from diffdis_jax import build
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import sample as sample_lib
+from diffdis_jax.eval.evaluate import TrainingFID
 
 
 def dummy_inputs(model, batch: int = 1):
@@ -71,3 +72,8 @@ class SDDiTTask:
     scores = metric.evaluate(samples, jax.device_get(labels))
     logging.info('digits metric on %d samples: %s', n, scores)
     return scores
+
+  def eval_hooks(self, trainer) -> list:
+    """FID of EMA samples every eval.fid_every steps, when configured (eval/evaluate.py)."""
+    hook = TrainingFID.maybe_create(trainer)
+    return [hook] if hook else []

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 from clu import metric_writers, periodic_actions
 
-from diffdis_jax.eval.evaluate import TrainingFID
 from diffdis_jax.eval.sample import save_png
 from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
@@ -160,7 +159,8 @@ class Trainer:
     window = MetricWindow()
     stop = preemption.StopRequest(checkpointer.manager, config.preemption_check_every)
     preempted = False
-    fid_hook = TrainingFID.maybe_create(self)  # eval.fid_every: FID of EMA samples (eval/)
+    # periodic evaluations of the EMA params, e.g. SD-DiT's FID every eval.fid_every steps
+    eval_hooks = self.task.eval_hooks(self)
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, self.shard(next(data_it)))
@@ -185,8 +185,8 @@ class Trainer:
         logging.warning('stopped at step %d as asked (SIGTERM); its checkpoint is saved, '
                         'run again to continue', step)
         break
-      if fid_hook:
-        fid_hook(step, state.ema_params, writer, jsonl)
+      for eval_hook in eval_hooks:
+        eval_hook(step, state.ema_params, writer, jsonl)
     if not preempted and last == config.total_steps:
       scores = self.task.final_eval(sample_fn, state.ema_params)
       if scores:
