@@ -96,5 +96,7 @@ def diffdis_config() -> ml_collections.ConfigDict:
   c.diffdis = diffdis_defaults()
   c.init = ml_collections.ConfigDict()
   c.init.sd_folder = ''           # a diffusers SD folder: its UNet initialises the model
+  c.init.text_encoder = ''        # a transformers CLIP text folder for c and e; '' : the SD
+                                  # folder's (SD 1.x's lacks the projection 'projected_eot' uses)
   c.data.name = 'image_text_pairs'
   return c

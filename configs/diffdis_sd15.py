@@ -1,16 +1,20 @@
 """DiffDis at SD 1.5 scale: the UNet initialised from an SD 1.5 diffusers folder, trained on
-image-text pairs (SD-VAE latents with CLIP ViT-L/14 c and e per caption, precomputed).
+image-text pair shards (data/captions.py: webdataset tars, TFRecord or ArrayRecord).
 
   python launch/main.py --config=configs/diffdis_sd15.py --workdir=DIR \
-      --config.init.sd_folder=/path/to/stable-diffusion-v1-5 --config.data.dir=PAIRS
+      --config.init.sd_folder=/path/to/stable-diffusion-v1-5 --config.data.dir=SHARDS \
+      --config.init.text_encoder=/path/to/clip-vit-large-patch14-text-with-projection
 
-The UNet weights go into the DiffDis UNet unchanged (nn/diffdis.with_unet_params); the text
-stream, head, logit scale and image null start fresh. Baselines (paper §4) are overrides of
-this same config:
+Each step SD's VAE encodes the 512 px images and CLIP encodes the captions on the devices
+(data/frozen_encoders.py); both stay frozen. The text query e is CLIP's projected end-of-text
+embedding, whose projection SD 1.5's text_encoder/ lacks: init.text_encoder names a
+transformers CLIPTextModelWithProjection folder of CLIP ViT-L/14 (the same text tower), or pass
+--config.diffdis.query=eot to use the unprojected state. The UNet weights go into the DiffDis
+UNet unchanged (nn/diffdis.with_unet_params); the text stream, head, logit scale and image null
+start fresh. Baselines (paper §4) are overrides of this same config:
   generation only   --config.diffdis.align_mode=none
   alignment only    --config.diffdis.gen_weight=0
   CLIP-style        --config.diffdis.align_mode=contrastive
-The pair pipeline is issue 6; until it lands, validation stops with one line naming it.
 """
 from configs import diffdis_common
 

@@ -154,8 +154,16 @@ def test_resume_and_hosts(shards):
 def test_batches_stack_examples(shards):
   _, paths = shards
   records = captions.CaptionRecords([paths['tar']], image_size=8)
-  batch = next(captions.batches(records, 4))
+  batches = captions.CaptionBatches(records, 4)
+  batch = next(batches)
   assert batch['image'].shape == (4, 8, 8, 3) and len(batch['caption']) == 4
+  state = batches.get_state()
+  expected = [next(batches)['caption'] for _ in range(2)]
+  resumed = captions.CaptionBatches(captions.CaptionRecords([paths['tar']], image_size=8), 4,
+                                    keys=('caption',))
+  resumed.set_state(state)
+  assert [next(resumed)['caption'] for _ in range(2)] == expected
+  assert set(next(resumed)) == {'caption'}
 
 
 def test_captioned_digits_read_through_the_same_interface(tmp_path):

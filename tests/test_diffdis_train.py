@@ -96,14 +96,14 @@ def test_trains_on_data_fsdp_mesh_resumes_and_classifies_above_chance(tmp_path,
   assert scores['zeroshot_top1'] > 0.3, scores  # chance: 0.1
 
 
-def test_validate_names_the_missing_pair_pipeline(tmp_path):
+def test_validate_asks_for_the_sd_folder_and_its_unet(tmp_path):
   config = diffdis_sd15.get_config()
   with pytest.raises(validate.ConfigError, match='init.sd_folder'):
     validate.validate(config)
   (tmp_path / 'unet').mkdir()
   (tmp_path / 'unet' / 'config.json').write_text('{"cross_attention_dim": 768}')  # SD 1.5
   config.init.sd_folder = str(tmp_path)
-  with pytest.raises(validate.ConfigError, match='does not yet turn them'):
+  with pytest.raises(validate.ConfigError, match='data.dir is empty'):
     validate.validate(config)
   config.model.layers_per_block = 1
   with pytest.raises(validate.ConfigError, match='model.layers_per_block=2'):
@@ -123,7 +123,8 @@ def test_sd_folder_initialises_the_unet_unchanged(tmp_path, sd_folder):
   m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
   m.attention_head_dim, m.norm_num_groups = 2, 8
   d = config.diffdis
-  d.context_dim, d.context_length, d.text_dim, d.head_blocks = 32, MAX_TOKENS, 8, 1
+  d.context_dim, d.context_length, d.head_blocks = 32, MAX_TOKENS, 1
+  d.query, d.text_dim = 'eot', 32  # the tiny CLIP has no projection
   config.batch_size = 8
   trainer = loop.Trainer(config, str(tmp_path))
   state = jax.device_get(trainer.init_state())

@@ -22,13 +22,15 @@ Order and resume: host p reads shards p, p+P, ... ; each epoch visits them in an
 from (seed, epoch). `get_state()` / `set_state()` give (epoch, shard, record) so a resumed run
 continues where it stopped; `grain.checkpoint.CheckpointSave(records)` stores it in an orbax
 checkpoint like the grain iterators.
-Caching VAE latents and text-encoder outputs of these records is not done here yet (see
-docs/data.md).
+`CaptionBatches(records, local_batch)` stacks them into this host's batches, with the same
+state. DiffDis turns a batch into latents and CLIP's c and e on the accelerator each step
+(data/frozen_encoders.py); caching those outputs on disk is not done yet (docs/data.md).
 """
 from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -59,6 +61,14 @@ def shard_format(path: str) -> str:
     return 'tar'
   raise ValueError(f'{path}: unknown caption shard format; name it *.tfrecord*, '
                    '*.array_record* or *.tar (webdataset)')
+
+
+def is_shard_name(name: str) -> bool:
+  try:
+    shard_format(name)
+  except ValueError:
+    return False
+  return True
 
 
 class _Problem(Exception):
@@ -238,12 +248,35 @@ class CaptionRecords:
     return out
 
 
-def batches(records: CaptionRecords, local_batch: int) -> Iterator[dict]:
-  """Stacked batches of `local_batch` examples ('caption' as a list of strings)."""
-  buffer = []
-  for example in records:
-    buffer.append(example)
-    if len(buffer) == local_batch:
-      yield {k: ([e[k] for e in buffer] if k == 'caption' else np.stack([e[k] for e in buffer]))
-             for k in buffer[0]}
-      buffer = []
+class CaptionBatches:
+  """Stacked batches of `local_batch` pairs from `records` ('caption' as a list of strings),
+  keeping only `keys` when given. Checkpointable like a grain iterator: its state is the
+  records' state, which points just past the last pair of the last batch returned."""
+
+  def __init__(self, records: CaptionRecords, local_batch: int,
+               keys: Sequence[str] | None = None):
+    self.records, self.local_batch, self.keys = records, local_batch, keys
+    self._examples = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._examples is None:
+      self._examples = iter(self.records)
+    buffer = list(itertools.islice(self._examples, self.local_batch))
+    if len(buffer) < self.local_batch:  # only with a finite number of epochs
+      raise StopIteration
+    keys = self.keys or list(buffer[0])
+    return {k: ([e[k] for e in buffer] if k == 'caption' else np.stack([e[k] for e in buffer]))
+            for k in keys}
+
+  def get_state(self) -> bytes:
+    return self.records.get_state()
+
+  def set_state(self, state):
+    self.records.set_state(state)
+    self._examples = None  # the next batch starts from the restored position
+
+  def start_prefetch(self):
+    """grain's checkpoint handler calls this after `set_state`; nothing is prefetched."""

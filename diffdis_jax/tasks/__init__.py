@@ -10,6 +10,9 @@ A task is built as `make_task(config, workdir)` and provides:
                                            prompt's embedding), placed with `shardings`
   abstract_batch(batch_sharding)           ShapeDtypeStructs of one global batch
   train_iterator(process_index, count)     this host's checkpointable batch iterator (grain)
+  prepare_batch(global_batch, step)        the step's batch from the sharded host batches
+                                           (e.g. DiffDis' frozen encoders on pairs)
+  input_metrics(data_iterator)             {name: scalar} of the input, e.g. skipped records
   make_preview_fn(model)                   the jitted sampler `preview` uses
   preview(preview_fn, params)              the periodic sample grid, uint8 (h, w, c), or None
   final_eval(preview_fn, params)           {name: scalar} written to metrics.jsonl at the end

@@ -1,21 +1,26 @@
 """DiffDis: the SD UNet with a text stream, trained on image-text pairs (objectives/diffdis.py).
 
-The text encoder is frozen (paper §3), so its outputs are precomputed: every batch carries
-c ('context', the caption's last hidden states) and e ('query', its unit text query) beside
-the image. Where they come from depends on `data.name`:
+The text encoder is frozen (paper §3): the train step sees c ('context', the caption's last
+hidden states) and e ('query', its unit text query) beside the image. Where they come from
+depends on `data.name`:
 
   captioned_digits  the CPU demo: pixels are the UNet's input (no VAE); c and e come from a
                     tiny CLIP trained from scratch in a seeded pre-stage and cached under
-                    <workdir>/text_encoder/ (data/digits_text_encoder.py). A caption template
-                    is drawn per example and epoch.
-  image_text_pairs  SD latents with CLIP c and e per caption: not wired yet (PAIRS_NOT_WIRED).
+                    <workdir>/text_encoder/ (data/digits_text_encoder.py), looked up per
+                    caption on the host. A caption template is drawn per example and epoch.
+  image_text_pairs  shards of (image, caption) in data.dir (data/captions.py), decoded and
+                    tokenized on the host; SD's VAE and CLIP turn each sharded batch into
+                    latents, c and e on the devices before the step (data/frozen_encoders.py).
+                    The text encoder is the SD folder's, or init.text_encoder's when set
+                    (SD 1.x's lacks the projection of the default text query).
 
 With `init.sd_folder` set, the UNet's weights are those of a diffusers SD folder, unchanged
-(nn/diffdis.with_unet_params), and the empty prompt's c comes from that folder's CLIP.
+(nn/diffdis.with_unet_params), and the empty prompt's c comes from the same text encoder.
 """
 from __future__ import annotations
 
 import functools
+import glob
 import logging
 import os
 
@@ -24,31 +29,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffdis_jax import build
+from diffdis_jax.data import captions
 from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.data.frozen_encoders import PairEncoder
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import zeroshot
 from diffdis_jax.eval.sample import to_grid
 from diffdis_jax.eval.sample_diffdis import make_t2i_sampler
 from diffdis_jax.nn.diffdis import init_inputs, with_unet_params
 from diffdis_jax.objectives import diffdis as objective
-from diffdis_jax.validate import PAIRS_NOT_WIRED
 
+class CLIPTextEncoder:
+  """encode(texts) -> (c, e) of a converted transformers CLIP text encoder (SD's or
+  init.text_encoder's), with SD's tokenizer."""
 
-
-class SDTextEncoder:
-  """The CLIP text encoder of a diffusers SD folder, for the empty prompt's c."""
-
-  def __init__(self, sd, config):
-    self.sd, self.config = sd, config
+  def __init__(self, tokenizer, clip, clip_params, config):
+    self.tokenizer, self.clip, self.clip_params, self.config = tokenizer, clip, clip_params, config
 
   def encode(self, texts):
     d = self.config.diffdis
-    ids = self.sd.tokenizer(list(texts), padding='max_length', max_length=d.context_length,
-                            truncation=True, return_tensors='np')['input_ids']
-    out = self.sd.text_encoder.apply({'params': self.sd.text_encoder_params}, ids)
-    e = (objective.text_query(out, d.query) if d.query != 'projected_eot'
-         or 'text_embeds' in out else None)
-    return np.asarray(out['last_hidden_state'], np.float32), None if e is None else np.asarray(e)
+    ids, mask = cd.tokenize(self.tokenizer, texts, d.context_length)
+    out = self.clip.apply({'params': self.clip_params}, ids)
+    e = objective.text_query(out, d.query, mask)
+    return np.asarray(out['last_hidden_state'], np.float32), np.asarray(e, np.float32)
+
+
+def pair_shards(data_dir: str) -> list[str]:
+  """The caption shards of data.dir: a folder's *.tar, *.tfrecord*, *.array_record* files, or
+  the files a glob pattern matches."""
+  if os.path.isdir(data_dir):
+    names = sorted(os.listdir(data_dir))
+    return [os.path.join(data_dir, n) for n in names if captions.is_shard_name(n)]
+  return sorted(p for p in glob.glob(data_dir) if captions.is_shard_name(os.path.basename(p)))
 
 
 class DiffDisTask:
@@ -74,17 +86,37 @@ class DiffDisTask:
     return weights.load_stable_diffusion(self.config.init.sd_folder)
 
   @functools.cached_property
+  def clip_text(self):
+    """(CLIPTextModel, params): init.text_encoder's when set, else the SD folder's."""
+    from diffdis_jax import weights  # pylint: disable=g-import-not-at-top
+    if self.config.init.text_encoder:
+      return weights.load_clip_text_encoder(self.config.init.text_encoder)
+    return self.stable_diffusion.text_encoder, self.stable_diffusion.text_encoder_params
+
+  @functools.cached_property
   def text(self):
     """encode(texts) -> (c (n, L, d_c), e (n, d_y) unit) as numpy."""
     c = self.config
     if c.init.sd_folder:
-      return SDTextEncoder(self.stable_diffusion, c)
-    if c.data.name != 'captioned_digits':
-      raise ValueError(PAIRS_NOT_WIRED)
+      return CLIPTextEncoder(self.stable_diffusion.tokenizer, *self.clip_text, c)
     from diffdis_jax.data.digits_text_encoder import DigitsTextEncoder  # pylint: disable=g-import-not-at-top
     cache = os.path.join(self.workdir, 'text_encoder') if self.workdir else None
     return DigitsTextEncoder.create(c.text_encoder, cache, seed=c.text_encoder.seed,
                                     size=c.data.image_size)
+
+  @functools.cached_property
+  def pair_encoder(self) -> PairEncoder:
+    sd = self.stable_diffusion
+    return PairEncoder(sd.vae, sd.vae_params, *self.clip_text, query=self.config.diffdis.query,
+                       seed=self.config.seed)
+
+  @property
+  def pixel_size(self) -> int:
+    """The side of the images the model sees: its input, or the VAE's input for latents."""
+    m = self.config.model
+    if self.config.data.name != 'image_text_pairs':
+      return m.input_size
+    return m.input_size * 2 ** (len(self.stable_diffusion.vae.block_out_channels) - 1)
 
   @functools.cached_property
   def caption_tables(self):
@@ -121,8 +153,13 @@ class DiffDisTask:
 
   def train_iterator(self, process_index: int, process_count: int):
     c = self.config
-    if c.data.name != 'captioned_digits':
-      raise ValueError(PAIRS_NOT_WIRED)
+    if c.data.name == 'image_text_pairs':
+      records = captions.CaptionRecords(
+          pair_shards(c.data.dir), image_size=self.pixel_size,
+          tokenizer=self.stable_diffusion.tokenizer, max_length=c.diffdis.context_length,
+          seed=c.seed, process_index=process_index, process_count=process_count)
+      return captions.CaptionBatches(records, c.batch_size // process_count,
+                                     keys=('image', 'input_ids', 'attention_mask'))
     from diffdis_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
     contexts, queries = self.caption_tables
     templates = contexts.shape[1]
@@ -136,6 +173,18 @@ class DiffDisTask:
     return iter(pipeline.host_dataset(source, global_batch=c.batch_size, seed=c.seed,
                                       process_index=process_index,
                                       process_count=process_count, transform=add_caption))
+
+  def prepare_batch(self, batch, step: int):
+    """Pairs: latents, c and e from the frozen encoders; the digits carry them already."""
+    if self.config.data.name == 'image_text_pairs':
+      return self.pair_encoder(batch, step)
+    return batch
+
+  def input_metrics(self, data_iterator) -> dict:
+    """Pairs skipped so far on this host (undecodable image, empty caption, ...)."""
+    if self.config.data.name == 'image_text_pairs':
+      return {'skipped_records': data_iterator.records.skipped_records}
+    return {}
 
   # ------------------------------------------------------------------ previews and evaluation
 

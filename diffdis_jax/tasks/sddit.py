@@ -45,6 +45,14 @@ class SDDiTTask:
   def train_iterator(self, process_index: int, process_count: int):
     return pipeline.make_train_iterator(self.config, process_index, process_count)
 
+  def prepare_batch(self, batch, step: int):
+    del step  # the batch is what the step consumes
+    return batch
+
+  def input_metrics(self, data_iterator) -> dict:
+    del data_iterator
+    return {}
+
   def make_preview_fn(self, model):
     return jax.jit(sample_lib.make_sample_fn(model, self.config))
 

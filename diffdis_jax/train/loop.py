@@ -163,7 +163,8 @@ class Trainer:
     eval_hooks = self.task.eval_hooks(self)
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = train_step(state, self.shard(next(data_it)))
+        batch = self.task.prepare_batch(self.shard(next(data_it)), step)
+        state, metrics = train_step(state, batch)
       if config.nonfinite == 'stop' and not bool(metrics['finite']):  # a host sync per step
         checkpointer.close()  # the last finite step's save completes
         raise FloatingPointError(f'non-finite loss or gradients at step {step}; stopping '
@@ -172,7 +173,7 @@ class Trainer:
       for hook in hooks:
         hook(step)
       if step % config.log_every == 0 or step == last:
-        metrics = window.mean_and_reset()
+        metrics = dict(window.mean_and_reset(), **self.task.input_metrics(data_it))
         writer.write_scalars(step, metrics)
         jsonl.write(step, metrics)
       if step % config.sample_every == 0 or step == config.total_steps:

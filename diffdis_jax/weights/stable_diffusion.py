@@ -197,3 +197,28 @@ def load_stable_diffusion(folder, *, dtype=jnp.float32,
       scheduler_config = json.load(f)
   return StableDiffusion(unet, unet_params, vae, vae_params, clip, clip_params, tokenizer,
                          scheduler_config)
+
+
+def load_clip_text_encoder(directory, *, dtype=jnp.float32, attention_impl: Optional[str] = None):
+  """(CLIPTextModel, params) from a transformers text-encoder folder (config.json beside
+  model.safetensors), e.g. a CLIPTextModelWithProjection of CLIP ViT-L/14: SD 1.x's own
+  text_encoder/ is the same tower without the projection DiffDis' text query uses."""
+  config, state_dict = _read_component(os.fspath(directory), '', 'model.safetensors')
+  return from_transformers_clip_text(config, state_dict, dtype=dtype,
+                                     attention_impl=attention_impl)
+
+
+def clip_text_has_projection(directory) -> bool:
+  """Whether a text-encoder folder holds `text_projection` (read from its config and the
+  safetensors header, without loading weights)."""
+  with open(os.path.join(directory, 'config.json')) as f:
+    config = json.load(f)
+  if 'CLIPTextModelWithProjection' in (config.get('architectures') or []):
+    return True
+  index = os.path.join(directory, 'model.safetensors.index.json')
+  if os.path.isfile(index):
+    with open(index) as f:
+      return 'text_projection.weight' in json.load(f)['weight_map']
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(os.path.join(directory, 'model.safetensors'), framework='np') as f:
+    return 'text_projection.weight' in f.keys()

@@ -1,0 +1,115 @@
+"""DiffDis on image-text pair shards: a tiny SD folder's VAE and CLIP turn each sharded batch
+into latents, c and e (equal to the same encoders run on the host), the Trainer trains on them
+and its checkpoint resumes the input at the next pair; bad pair configs stop with one line."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import apply_overrides
+from configs import diffdis_sd15
+from diffdis_jax import validate
+from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.objectives.diffdis import text_query
+from diffdis_jax.train import checkpoint as ckpt_lib
+from diffdis_jax.train import loop
+from test_stable_diffusion_folder import MAX_TOKENS, sd_folder  # noqa: F401 (a fixture)
+
+BATCH = 16
+
+
+@pytest.fixture(scope='module')
+def pair_shards(tmp_path_factory):
+  """The captioned training digits at 16 px (the tiny VAE halves them to 8x8 latents)."""
+  folder = tmp_path_factory.mktemp('pairs')
+  cd.write_caption_shards(str(folder), 'train', size=16, per_shard=400)
+  return str(folder)
+
+
+def tiny_pairs_config(sd, data_dir, **overrides):
+  """configs/diffdis_sd15.py shrunk to the tiny SD folder of test_stable_diffusion_folder."""
+  c = diffdis_sd15.get_config()
+  c.init.sd_folder, c.data.dir = str(sd), data_dir
+  c.compute_dtype = 'float32'
+  m = c.model
+  m.input_size, m.block_out_channels, m.layers_per_block = 8, (32, 64), 1
+  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
+  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
+  m.attention_head_dim, m.norm_num_groups = 2, 8
+  d = c.diffdis
+  d.context_dim, d.context_length, d.head_blocks = 32, MAX_TOKENS, 1
+  d.query, d.text_dim = 'eot', 32  # the tiny CLIP has no projection, as SD 1.x's
+  c.batch_size, c.total_steps = BATCH, 4
+  c.mesh.data, c.mesh.fsdp = 2, 4
+  c.log_every, c.checkpoint_every, c.sample_every = 1, 2, 10_000
+  return apply_overrides(c, overrides)
+
+
+def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_folder,
+                                                                    pair_shards):
+  folder, _ = sd_folder
+  config = tiny_pairs_config(folder, pair_shards)
+  validate.validate(config, jax.device_count())
+  trainer = loop.Trainer(config, str(tmp_path / 'run'))
+  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  task, sd = trainer.task, trainer.task.stable_diffusion
+  assert task.pixel_size == 16
+
+  host = next(trainer.data_iterator())
+  assert set(host) == {'image', 'input_ids', 'attention_mask'}
+  assert host['image'].shape == (BATCH, 16, 16, 3) and host['input_ids'].shape == (BATCH, 16)
+  batch = task.prepare_batch(trainer.shard(host), step=1)
+  abstract = trainer.abstract_batch()
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (v.shape, v.dtype) for k, v in abstract.items()}
+  assert batch['image'].sharding == trainer.batch_sharding  # split like the step's batch
+  # the same encoders on the host, unsharded: the latent draw of step 1, c and e
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  latents = sd.vae.apply({'params': sd.vae_params}, host['image'], rng, method='encode_latents')
+  out = sd.text_encoder.apply({'params': sd.text_encoder_params}, host['input_ids'])
+  np.testing.assert_allclose(batch['image'], latents, atol=2e-5)
+  np.testing.assert_allclose(batch['context'], out['last_hidden_state'], atol=2e-5)
+  np.testing.assert_allclose(batch['query'], text_query(out, 'eot'), atol=2e-5)
+  mean = sd.vae.apply({'params': sd.vae_params}, host['image'], method='encode_latents')
+  assert np.abs(np.asarray(batch['image']) - mean).max() > 1e-3  # a draw, not the mean
+  step2 = task.prepare_batch(trainer.shard(host), step=2)
+  assert not np.allclose(step2['image'], batch['image'])  # a new draw each step
+
+  state = jax.device_get(trainer.train(stop_at=2))
+  assert int(state.step) == 2
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['skipped_records'] for r in records if 'loss' in r] == [0, 0]
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+
+  # the checkpoint holds the pair position: a new iterator restored from it continues with
+  # the third batch of a fresh one
+  fresh = trainer.data_iterator()
+  third = [next(fresh) for _ in range(3)][-1]
+  resumed = loop.Trainer(config, str(tmp_path / 'run'))
+  data_it = resumed.data_iterator()
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / 'run'))
+  target = ckpt_lib.abstract_with_shardings(resumed.abstract_state, resumed.state_shardings)
+  assert int(checkpointer.restore_latest(target, data_it).step) == 2
+  checkpointer.close()
+  np.testing.assert_array_equal(next(data_it)['input_ids'], third['input_ids'])
+  np.testing.assert_array_equal(next(data_it)['image'], next(fresh)['image'])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'data.dir': ''}, 'data.dir is empty'),
+    ({'data.dir': '/nonexistent/*.tar'}, 'holds no caption shards'),
+    ({'diffdis.query': 'projected_eot'}, 'needs the text projection'),
+    ({'diffdis.text_dim': 16}, 'pass --config.diffdis.text_dim=32'),
+    ({'diffdis.context_dim': 16}, 'diffdis.context_dim'),
+    ({'diffdis.context_length': 77}, 'exceeds the text encoder'),
+    ({'model.in_channels': 3}, 'in_channels'),
+    ({'init.text_encoder': '/nonexistent'}, 'init.text_encoder'),
+])
+def test_bad_pair_configs_stop_with_one_line(sd_folder, pair_shards, overrides, message):
+  folder, _ = sd_folder
+  config = tiny_pairs_config(folder, pair_shards, **overrides)
+  with pytest.raises(validate.ConfigError, match=message) as error:
+    validate.validate(config)
+  assert '\n' not in str(error.value)
