@@ -120,10 +120,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 200            # Inception batch (over the local devices)
   c.eval.fid_every = 0               # FID during training every N steps (0: off)
   c.eval.fid_samples = 5000          # samples per FID during training (logged as fid_<n>)
-  # zero-shot suite (DiffDis; eval/zeroshot_suite.py): comma-separated names, '' : none
-  c.eval.zeroshot_datasets = ''
-  c.eval.tfds_data_dir = ''          # prepared tfds datasets; nothing is downloaded
-  c.eval.zeroshot_max_images = 0     # 0: the whole test split
+  # (DiffDis configs replace this section: configs/diffdis_common.diffdis_eval)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'imagenet256_latents'  # 'digits' | 'imagenet256_latents'

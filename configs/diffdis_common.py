@@ -62,7 +62,7 @@ def diffdis_defaults() -> ml_collections.ConfigDict:
   d.zeroshot.spacing = 'trailing' # start at t = T-1: the start is pure noise
   d.zeroshot.seeds = 1            # noise draws averaged per image (unit vectors, then mean)
   d.zeroshot.templates = ('a photo of a {}.',)  # CLIP-style; ensembling = mean of unit vectors
-  d.zeroshot.batch = 64           # images per predictor call in the final evaluation
+  d.zeroshot.batch = 64           # images per predictor call (final evaluation, --mode=eval)
 
   # -- text-to-image sampling (eval/sample_diffdis.py, §3.1) --
   d.sample = ml_collections.ConfigDict()
@@ -86,12 +86,30 @@ def sd15_unet() -> ml_collections.ConfigDict:
       attention_impl=config_dict.placeholder(str), remat=False))
 
 
+def diffdis_eval() -> ml_collections.ConfigDict:
+  """config.eval of a DiffDis config: what --mode=eval reads (eval/diffdis_eval.py). The
+  predictor's settings (steps, guidance, seeds, batch) are diffdis.zeroshot's."""
+  e = ml_collections.ConfigDict()
+  # zero-shot suite (eval/zeroshot_suite.py): comma-separated names of
+  # eval/zeroshot_classes.json ('cifar10,dtd'), 'all', or '' : none
+  e.zeroshot_datasets = ''
+  e.tfds_data_dir = ''            # prepared tfds datasets; nothing is downloaded
+  e.zeroshot_max_images = 0       # per dataset; 0: the whole test split
+  # image<->text retrieval R@1/5/10: a glob of image-text shards (data/captions.py formats),
+  # e.g. COCO's 5k test images with their 5 captions each; '' : none
+  e.retrieval_shards = ''
+  e.retrieval_max_pairs = 0       # captions read; 0: all
+  return e
+
+
 def diffdis_config() -> ml_collections.ConfigDict:
-  """The shared fields (configs/common.py) less SD-DiT's, plus the UNet, `diffdis` and `init`."""
+  """The shared fields (configs/common.py) less SD-DiT's, plus the UNet, `diffdis`, `init` and
+  DiffDis' own `eval` section."""
   c = common.get_base_config()
   c.method = 'diffdis'
   for sddit_only in ('sddit', 'edm', 'sample', 'eval'):
     del c[sddit_only]
+  c.eval = diffdis_eval()
   c.model = sd15_unet()
   c.diffdis = diffdis_defaults()
   c.init = ml_collections.ConfigDict()

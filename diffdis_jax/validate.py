@@ -222,9 +222,12 @@ def validate_eval_inputs(config, mode: str, workdir: str, num_devices: int | Non
   # pylint: disable=g-import-not-at-top
   from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
   from diffdis_jax.parallel import mesh as mesh_lib
-  if config.method == 'diffdis':
+  if config.method == 'diffdis':  # no FID: SD-DiT's sample and eval fields do not exist
     _check(mode != 'sample', '--mode=sample writes class-conditional samples for FID '
                              '(method=sddit); for DiffDis use --mode=grid (text-to-image grid)')
+    if mode == 'eval':
+      from diffdis_jax.eval.diffdis_eval import check_eval_inputs
+      check_eval_inputs(config, workdir)
     return
   s, e = config.sample, config.eval
   weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'

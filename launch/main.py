@@ -2,7 +2,8 @@
 
 Modes: train (default; resumes from the workdir's checkpoints), sample (sample.num_samples
 images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
-precision, recall of that file to <workdir>/eval.json; see docs/evaluation.md), grid (a
+precision, recall of that file to <workdir>/eval.json; for DiffDis, zero-shot accuracy and
+retrieval recall of the latest checkpoint; see docs/evaluation.md), grid (a
 class-conditional grid from the latest checkpoint's EMA parameters), extract_latents
 (ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any config field can
 be overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit
@@ -135,7 +136,8 @@ def main(argv):
     return
   from diffdis_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   modes = {'grid': lambda c, w: loop.sample_from_checkpoint(c, w, trainer),
-           'sample': evaluate.sample_mode, 'eval': evaluate.eval_mode}
+           'sample': evaluate.sample_mode,
+           'eval': lambda c, w: evaluate.eval_mode(c, w, trainer=trainer)}
   modes[_MODE.value](config, workdir)
 
 

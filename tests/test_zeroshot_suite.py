@@ -4,14 +4,17 @@ The model is mocked: `predict` returns an image's mean colour, `encode` a one-ho
 word in the prompt, so a correct pipeline (reading, label order, cropping, prompt ensembling,
 scoring) classifies every image right and a permuted class list gets every one wrong.
 """
+import io
 import json
-import os
+import tarfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
-from conftest import tiny_sddit_config
+from configs import demo_diffdis
+from conftest import apply_overrides
 from diffdis_jax.eval import zeroshot_suite as suite
 
 COLOURS = ['red', 'green', 'blue']
@@ -98,14 +101,38 @@ def test_suite_scores_and_skips(data_dir):
     suite.read_split(spec(['red', 'green'])['colours'], data_dir, 8)
 
 
-def test_evaluate_diffdis_writes_the_zeroshot_section(data_dir, tmp_path, monkeypatch):
+def _colour_pairs(path):
+  """webdataset shard of the three colours, each image stored once per caption (COCO-like)."""
+  with tarfile.open(path, 'w') as tar:
+    for i in range(6):
+      image = np.zeros((12, 20, 3), np.uint8)
+      image[..., i % 3] = 200
+      png = io.BytesIO()
+      Image.fromarray(image).save(png, 'PNG')
+      text = (f'a {COLOURS[i % 3]} square' if i < 3 else f'the colour {COLOURS[i % 3]}').encode()
+      for name, payload in ((f'{i:04d}.png', png.getvalue()), (f'{i:04d}.txt', text)):
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+
+def test_evaluate_diffdis_writes_zeroshot_and_retrieval(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(suite, 'load_specs', spec)
-  config = tiny_sddit_config(**{'eval.zeroshot_datasets': 'colours',
-                                'eval.tfds_data_dir': data_dir})
-  suite.evaluate_diffdis(predict, encode, 0.0, config, str(tmp_path), image_size=8)
-  with open(os.path.join(tmp_path, 'eval.json')) as f:
+  _colour_pairs(tmp_path / 'pairs.tar')
+  config = apply_overrides(demo_diffdis.get_config(), {
+      'eval.zeroshot_datasets': 'colours', 'eval.tfds_data_dir': data_dir,
+      'eval.retrieval_shards': str(tmp_path / '*.tar'), 'diffdis.zeroshot.batch': 4})
+  settings = {'steps': 3, 'checkpoint_step': 7}
+  suite.evaluate_diffdis(predict, encode, 0.0, config, str(tmp_path / 'run'), image_size=8,
+                         settings=settings)
+  with open(tmp_path / 'run' / 'eval.json') as f:
     saved = json.load(f)
-  assert saved['zeroshot']['colours']['zeroshot_top1'] == 1.0
+  assert saved['zeroshot']['datasets']['colours']['zeroshot_top1'] == 1.0
+  assert saved['zeroshot']['settings'] == settings
+  ret = saved['retrieval']
+  assert ret['num_images'] == 3 and ret['num_captions'] == 6  # one row per distinct image
+  assert ret['metrics']['i2t_R@1'] == 1.0 and ret['metrics']['t2i_R@1'] == 1.0
+  assert ret['settings'] == settings and ret['shards'] == [str(tmp_path / 'pairs.tar')]
 
 
 def test_retrieval_recalls_of_captions():

@@ -1,7 +1,8 @@
 """The evaluation entry points: `--mode=sample`, `--mode=eval` and FID during training.
 
     sample_mode(config, workdir)   latest checkpoint's EMA params -> <workdir>/samples.npz
-    eval_mode(config, workdir)     samples.npz + reference -> <workdir>/eval.json
+    eval_mode(config, workdir)     samples.npz + reference -> <workdir>/eval.json; for
+                                   method=diffdis the zero-shot suite (eval/diffdis_eval.py)
     TrainingFID.maybe_create(trainer) -> a hook logging fid_<n> every eval.fid_every steps
 
 The protocol and the files are described in docs/evaluation.md.
@@ -109,13 +110,16 @@ def sample_settings(config, npz_path: str) -> dict:
   return dict(sample_npz.sampler_settings(config), source='config (no sidecar file)')
 
 
-def eval_mode(config, workdir: str, extractor=None) -> dict:
+def eval_mode(config, workdir: str, extractor=None, trainer=None) -> dict:
   """Every image metric of the samples file; writes them with the settings to eval.json.
 
-  DiffDis' zero-shot suite is a separate section of the same file, written by
-  `zeroshot_suite.evaluate_diffdis(predict, encode, params, config, workdir, image_size)`:
-  the DiffDis trainer integration calls it here once it can build `predict` and `encode`.
+  For method=diffdis: zero-shot classification and retrieval of the latest checkpoint
+  instead (eval/diffdis_eval.py), sections 'zeroshot' and 'retrieval' of the same file.
+  `trainer`: an already built Trainer to reuse (DiffDis only; the FID path needs none).
   """
+  if config.method == 'diffdis':
+    from diffdis_jax.eval import diffdis_eval  # pylint: disable=g-import-not-at-top
+    return diffdis_eval.eval_mode(config, workdir, trainer)
   e = config.eval
   npz_path = samples_path(config, workdir)
   if extractor is None:

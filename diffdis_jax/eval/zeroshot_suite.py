@@ -12,16 +12,22 @@ only when prepared under `data_dir` (`<data_dir>/<tfds name>/[<config>/]<version
 Everything model-specific comes in as two functions:
     predict(params, images) -> (n, d) query estimates; images (n, s, s, 3) float in [-1, 1]
     encode(texts: list[str]) -> (n, d) text queries
-For DiffDis, `predict` encodes the images with the VAE and runs `zeroshot.make_query_predictor`;
-`evaluate_diffdis` below is the function `--mode=eval` calls for method=diffdis.
+For DiffDis, `DiffDisTask.zeroshot_functions` builds them (VAE encoder for latent models, then
+`zeroshot.make_query_predictor`); `evaluate_diffdis` below is what `--mode=eval` runs for
+method=diffdis (eval/diffdis_eval.py), writing eval.json's 'zeroshot' and 'retrieval' sections.
+
+Images are predicted a batch at a time as they are read, so only the (n, d) estimates are
+held: a split at 512 px would not fit in memory as float32 pixels.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
-from typing import Callable, Optional
+import time
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -31,6 +37,14 @@ from diffdis_jax.eval import zeroshot
 SPECS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'zeroshot_classes.json')
 Predict = Callable[..., np.ndarray]
 Encode = Callable[[list], np.ndarray]
+
+
+class ZeroShotFunctions(NamedTuple):
+  """What a model gives the suite: see the module docstring."""
+  predict: Predict
+  encode: Encode
+  image_size: int      # side s of the images `predict` takes
+  settings: dict       # how `predict` is computed (sampler steps, guidance, seeds, ...)
 
 
 def load_specs(path: str = SPECS_FILE) -> dict:
@@ -77,8 +91,9 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return out / 127.5 - 1.0
 
 
-def read_split(spec: dict, data_dir: str, image_size: int, max_images: int = 0):
-  """(images (n, s, s, 3) float32, labels (n,)) of the spec's split, in the file order."""
+def iter_split(spec: dict, data_dir: str, image_size: int, max_images: int = 0,
+               batch_size: int = 64):
+  """Batches (images (b, s, s, 3) float32, labels (b,)) of the spec's split, in file order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   folder = prepared_dir(spec['tfds'], data_dir)
   if folder is None:
@@ -93,7 +108,17 @@ def read_split(spec: dict, data_dir: str, image_size: int, max_images: int = 0):
   for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
     images.append(center_crop(example['image'], image_size))
     labels.append(int(example['label']))
-  return np.stack(images), np.asarray(labels, np.int64)
+    if len(images) == batch_size:
+      yield np.stack(images), np.asarray(labels, np.int64)
+      images, labels = [], []
+  if images:
+    yield np.stack(images), np.asarray(labels, np.int64)
+
+
+def read_split(spec: dict, data_dir: str, image_size: int, max_images: int = 0):
+  """(images (n, s, s, 3) float32, labels (n,)) of the spec's split, in the file order."""
+  parts = list(iter_split(spec, data_dir, image_size, max_images))
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def predict_all(predict: Predict, params, images, batch_size: int) -> np.ndarray:
@@ -105,8 +130,13 @@ def predict_all(predict: Predict, params, images, batch_size: int) -> np.ndarray
 def classify(predict: Predict, encode: Encode, params, images, labels, class_names, templates,
              batch_size: int = 64) -> dict:
   """zeroshot_top1 (and top5 with >= 5 classes) of prompt-ensembled class queries."""
+  return score_classes(predict_all(predict, params, images, batch_size), labels, encode,
+                       class_names, templates)
+
+
+def score_classes(preds, labels, encode: Encode, class_names, templates) -> dict:
   queries = zeroshot.class_queries(encode, class_names, templates)
-  scores = zeroshot.similarity(predict_all(predict, params, images, batch_size), queries)
+  scores = zeroshot.similarity(preds, queries)
   return dict(zeroshot.topk_accuracy(scores, labels), num_images=int(len(labels)))
 
 
@@ -132,30 +162,101 @@ def run_suite(predict: Predict, encode: Encode, params, *, datasets, data_dir: s
       results[name] = {'skipped': f"{spec['tfds']} not prepared under {data_dir}"}
       logging.warning('zero-shot %s skipped: %s', name, results[name]['skipped'])
       continue
-    images, labels = read_split(spec, data_dir, image_size, max_images)
-    results[name] = dict(classify(predict, encode, params, images, labels, spec['classes'],
-                                  spec['templates'], batch_size),
+    preds, labels = [], []
+    for images, batch_labels in iter_split(spec, data_dir, image_size, max_images, batch_size):
+      preds.append(np.asarray(predict(params, images)))
+      labels.append(batch_labels)
+    results[name] = dict(score_classes(np.concatenate(preds), np.concatenate(labels), encode,
+                                       spec['classes'], spec['templates']),
                          split=spec['split'], templates=len(spec['templates']))
     logging.info('zero-shot %s: %s', name, results[name])
   return results
 
 
-def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: str,
-                     image_size: int) -> dict:
-  """The DiffDis hook of `--mode=eval`: the suite of `eval.zeroshot_datasets` to eval.json's
-  'zeroshot' section.
+def predict_pairs(predict: Predict, params, shards, image_size: int, max_pairs: int = 0,
+                  batch_size: int = 64) -> dict:
+  """Query estimates of the distinct images of caption shards (data/captions.py formats).
 
-  How it plugs in (the DiffDis trainer wires it): with the restored params, a jitted
-  `make_query_predictor(model, config)` and the VAE,
-      predict = lambda p, images: query_predictor(p, vae_encode(images), null_context, rng)
-      encode  = lambda texts: text queries of the CLIP text encoder (data preparation's `e`)
-      zeroshot_suite.evaluate_diffdis(predict, encode, params, config, workdir, 512)
+  Sets like COCO's store an image once per caption: images are told apart by the hash of their
+  decoded pixels, so the captions of one picture all point to one row (caption_image) and
+  i2t counts a hit when any of them ranks high. Every pair is read once (shards in
+  CaptionRecords' fixed seed-0 order); `max_pairs` (0: all) caps the captions read. Bad
+  records are skipped and counted.
   """
-  from diffdis_jax.eval.evaluate import update_eval_json  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.data.captions import CaptionRecords  # pylint: disable=g-import-not-at-top
+  records = CaptionRecords(list(shards), image_size=image_size, epochs=1)
+  row_of, captions, caption_image, pending, preds = {}, [], [], [], []
+
+  def flush():
+    if pending:
+      preds.append(np.asarray(predict(params, np.stack(pending))))
+      pending.clear()
+
+  for example in records:
+    key = hashlib.sha1(example['image'].tobytes()).hexdigest()
+    if key not in row_of:
+      row_of[key] = len(row_of)
+      pending.append(example['image'])
+      if len(pending) == batch_size:
+        flush()
+    captions.append(example['caption'])
+    caption_image.append(row_of[key])
+    if len(captions) == max_pairs:
+      break
+  flush()
+  if not captions:
+    raise ValueError(f'no readable image-text pair in {len(records.shards)} retrieval shards '
+                     f'(skipped: {dict(records.skipped)})')
+  return {'preds': np.concatenate(preds), 'captions': captions,
+          'caption_image': np.asarray(caption_image), 'skipped': dict(records.skipped)}
+
+
+def retrieval_shard_paths(pattern: str) -> list[str]:
+  return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: str,
+                     image_size: int, settings: Optional[dict] = None) -> dict:
+  """The DiffDis part of `--mode=eval`: the suite of `eval.zeroshot_datasets` to eval.json's
+  'zeroshot' section, image<->text recall over `eval.retrieval_shards` to 'retrieval'; each
+  section only when its input is named. `settings` (how `predict` works, the checkpoint
+  step) is written into both. Returns the sections written.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from diffdis_jax.eval.evaluate import update_eval_json
   e = config.eval
+  batch = config.diffdis.zeroshot.batch
   specs = load_specs()
-  results = run_suite(predict, encode, params, datasets=parse_datasets(e.zeroshot_datasets, specs),
-                      data_dir=e.tfds_data_dir, image_size=image_size,
-                      max_images=e.zeroshot_max_images, specs=specs)
-  update_eval_json(workdir, 'zeroshot', results)
-  return results
+  datasets = parse_datasets(e.zeroshot_datasets, specs)
+  sections = {}
+
+  def write(name, value):  # at once: a failure in the next part keeps this one
+    sections[name] = value
+    if jax.process_index() == 0:  # every process computed the same numbers
+      update_eval_json(workdir, name, value)
+
+  if datasets:
+    t0 = time.perf_counter()
+    results = run_suite(predict, encode, params, datasets=datasets, data_dir=e.tfds_data_dir,
+                        image_size=image_size, max_images=e.zeroshot_max_images,
+                        batch_size=batch, specs=specs)
+    write('zeroshot', {'datasets': results, 'settings': settings or {},
+                       'tfds_data_dir': os.path.abspath(e.tfds_data_dir),
+                       'max_images': e.zeroshot_max_images,
+                       'seconds': round(time.perf_counter() - t0, 1)})
+  if e.retrieval_shards:
+    t0 = time.perf_counter()
+    shards = retrieval_shard_paths(e.retrieval_shards)
+    pairs = predict_pairs(predict, params, shards, image_size, e.retrieval_max_pairs, batch)
+    text = np.asarray(encode(pairs['captions']))
+    metrics = zeroshot.retrieval_recalls(zeroshot.similarity(pairs['preds'], text),
+                                         pairs['caption_image'])
+    write('retrieval', {'metrics': metrics, 'num_images': int(len(pairs['preds'])),
+                        'num_captions': len(pairs['captions']),
+                        'skipped_records': pairs['skipped'], 'shards': shards,
+                        'settings': settings or {},
+                        'seconds': round(time.perf_counter() - t0, 1)})
+    logging.info('retrieval over %d images, %d captions: %s', len(pairs['preds']),
+                 len(pairs['captions']), metrics)
+  return sections

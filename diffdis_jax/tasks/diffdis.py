@@ -36,8 +36,11 @@ from diffdis_jax.data import pipeline
 from diffdis_jax.eval import zeroshot
 from diffdis_jax.eval.sample import to_grid
 from diffdis_jax.eval.sample_diffdis import make_t2i_sampler
+from diffdis_jax.eval.zeroshot_suite import ZeroShotFunctions
 from diffdis_jax.nn.diffdis import init_inputs, with_unet_params
 from diffdis_jax.objectives import diffdis as objective
+from diffdis_jax.parallel import mesh as mesh_lib
+
 
 class CLIPTextEncoder:
   """encode(texts) -> (c, e) of a converted transformers CLIP text encoder (SD's or
@@ -236,3 +239,61 @@ class DiffDisTask:
     --mode=eval; text-to-image FID during training is not implemented."""
     del trainer
     return []
+
+  # ------------------------------------------------------------------ --mode=eval
+
+  def zeroshot_functions(self, mesh=None) -> ZeroShotFunctions:
+    """predict(params, images) and encode(texts) for eval/zeroshot_suite.py.
+
+    images: (n, s, s, 3) float in [-1, 1]. Pixel models take them at their own side (one
+    channel: ITU-R 601 luma, PIL's 'L', which leaves the demo's grey digits unchanged); latent
+    models take s = their side times the VAE's downsampling (8 for SD), through the SD VAE's
+    encoder (posterior mean times its scaling factor: the latents the UNet learned from).
+    Batches of `diffdis.zeroshot.batch`, the last one padded: one compile, and a row's noise
+    does not depend on how full its batch is. Every batch uses the same key (the one
+    final_eval starts from), so a dataset's scores do not depend on which datasets ran before
+    it. With `mesh`, outputs come back replicated (readable on every process).
+    """
+    c, m, d = self.config, self.config.model, self.config.diffdis
+    model = self.model or self.build_model()
+    query_fn = zeroshot.make_query_predictor(model, c)
+    vae, vae_params = None, None
+    if m.in_channels not in (1, 3):
+      vae, vae_params = self.stable_diffusion.vae, self.stable_diffusion.vae_params
+    image_size = self.pixel_size
+
+    def batch_fn(params, vae_params, images, null_context, rng):
+      if vae is not None:
+        z = vae.apply({'params': vae_params}, images, method='encode_latents')
+      elif m.in_channels == 1:
+        z = (images @ jnp.array([0.299, 0.587, 0.114], images.dtype))[..., None]
+      else:
+        z = images
+      return query_fn(params, z, null_context, rng)
+
+    jitted = (jax.jit(batch_fn) if mesh is None
+              else jax.jit(batch_fn, out_shardings=mesh_lib.replicated(mesh)))
+    null_context = jnp.asarray(self.text.encode([''])[0][0])
+    rng = jax.random.PRNGKey(c.seed + 3)
+    batch = d.zeroshot.batch
+
+    def predict(params, images):
+      images = np.asarray(images, np.float32)
+      out = []
+      for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        out.append(np.asarray(jitted(params, vae_params, padded, null_context, rng))[:len(chunk)])
+      return np.concatenate(out)
+
+    def encode(texts):
+      out = []
+      for start in range(0, len(texts), 256):  # bounded memory for 25k COCO captions
+        out.append(self.text.encode(list(texts[start:start + 256]))[1])
+      return np.concatenate(out)
+
+    settings = {'align_mode': d.align_mode, 'steps': d.zeroshot.steps,
+                'guidance': d.zeroshot.guidance, 'spacing': d.zeroshot.spacing,
+                'seeds': d.zeroshot.seeds, 'batch': batch, 'rng_seed': c.seed + 3,
+                'image_size': image_size, 'input': 'vae_latent_mean' if vae else 'pixels'}
+    return ZeroShotFunctions(predict, encode, image_size, settings)
