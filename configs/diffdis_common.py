@@ -70,6 +70,9 @@ def diffdis_defaults() -> ml_collections.ConfigDict:
   d.sample.guidance = 7.5         # CFG on c: SD's usual scale
   d.sample.spacing = 'leading'    # SD pipeline's DDIM default (steps_offset 1)
   d.sample.per_prompt = 8         # preview grid: samples per prompt (one row per prompt)
+  d.sample.prompts = ('a photograph of an astronaut riding a horse',  # preview rows for
+                      'a bowl of fruit on a wooden table',            # image-text pairs; the
+                      'a red double-decker bus in the rain')          # digits demo has its own
   return d
 
 

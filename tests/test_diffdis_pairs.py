@@ -43,6 +43,7 @@ def tiny_pairs_config(sd, data_dir, **overrides):
   c.batch_size, c.total_steps = BATCH, 4
   c.mesh.data, c.mesh.fsdp = 2, 4
   c.log_every, c.checkpoint_every, c.sample_every = 1, 2, 10_000
+  d.sample.steps, d.sample.per_prompt, d.sample.prompts = 2, 2, ('a cat', 'a dog')
   return apply_overrides(c, overrides)
 
 
@@ -95,6 +96,11 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
   checkpointer.close()
   np.testing.assert_array_equal(next(data_it)['input_ids'], third['input_ids'])
   np.testing.assert_array_equal(next(data_it)['image'], next(fresh)['image'])
+
+  # the text-to-image preview decodes its latents through SD's VAE: one row per prompt
+  grid = task.preview(task.make_preview_fn(trainer.model), state.ema_params)
+  assert grid.shape == (2 * 17 + 1, 2 * 17 + 1, 3) and grid.dtype == np.uint8
+  assert grid[1:17, 1:17].std() > 0
 
 
 @pytest.mark.parametrize('overrides, message', [

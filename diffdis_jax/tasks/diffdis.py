@@ -35,7 +35,7 @@ from diffdis_jax.data.frozen_encoders import PairEncoder
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import zeroshot
 from diffdis_jax.eval.sample import to_grid
-from diffdis_jax.eval.sample_diffdis import make_t2i_sampler
+from diffdis_jax.eval.sample_diffdis import decode_latents, make_t2i_sampler
 from diffdis_jax.eval.zeroshot_suite import ZeroShotFunctions
 from diffdis_jax.nn.diffdis import init_inputs, with_unet_params
 from diffdis_jax.objectives import diffdis as objective
@@ -192,16 +192,29 @@ class DiffDisTask:
   # ------------------------------------------------------------------ previews and evaluation
 
   def make_preview_fn(self, model):
-    return jax.jit(make_t2i_sampler(model, self.config))
+    """(params, noise, c, null_c) -> images in [-1, 1]: DDIM with guidance on c, then, for
+    latent models, SD's VAE decoder (its weights are an argument, not baked into the jit)."""
+    sampler = make_t2i_sampler(model, self.config)
+    if self.config.model.in_channels in (1, 3):
+      return jax.jit(sampler)
+    vae, vae_params = self.stable_diffusion.vae, self.stable_diffusion.vae_params
+    decoded = jax.jit(lambda params, vae_params, *args: decode_latents(
+        vae, vae_params, sampler(params, *args)))
+    return lambda params, *args: decoded(params, vae_params, *args)
+
+  def preview_prompts(self) -> list[str]:
+    """One grid row per prompt: the digit prompts, or diffdis.sample.prompts for pairs."""
+    if self.config.data.name == 'captioned_digits':
+      return [cd.CLASS_TEMPLATES[0].format(name) for name in cd.CLASS_NAMES]
+    return list(self.config.diffdis.sample.prompts)
 
   def preview(self, sample_fn, params):
-    """Text-to-image grid: one row per digit prompt ('a handwritten digit seven', ...)."""
+    """Text-to-image grid: `diffdis.sample.per_prompt` samples per prompt, a row each."""
     m, d = self.config.model, self.config.diffdis
-    if m.in_channels not in (1, 3) or self.config.data.name != 'captioned_digits':
-      logging.info('text-to-image grid skipped: latents need the VAE decoder to be shown')
+    prompts = self.preview_prompts()
+    if not prompts:
       return None
     per_row = d.sample.per_prompt
-    prompts = [cd.CLASS_TEMPLATES[0].format(name) for name in cd.CLASS_NAMES]
     context = np.repeat(self.text.encode(prompts)[0], per_row, axis=0)
     null_context = self.text.encode([''])[0][0]
     noise = jax.random.normal(jax.random.PRNGKey(self.config.seed + 1),  # the same every time
