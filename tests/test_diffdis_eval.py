@@ -202,19 +202,11 @@ def _random_params(task, seed=0):
 def test_latent_models_see_the_vae_latents(sd_folder):
   """A latent model's `predict` takes images at the VAE's input size and gives the query
   predictor's estimates on the VAE's posterior mean times its scaling factor."""
-  from configs import diffdis_sd15  # pylint: disable=g-import-not-at-top
   from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
   folder, _ = sd_folder
-  config = diffdis_sd15.get_config()
-  config.init.sd_folder, config.compute_dtype = str(folder), 'float32'
-  m = config.model
-  m.input_size, m.block_out_channels, m.layers_per_block = 4, (32, 64), 1
-  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
-  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
-  m.attention_head_dim, m.norm_num_groups = 2, 8
+  config = sd_test.tiny_diffdis_config(folder, input_size=4)
   d = config.diffdis
-  d.context_dim, d.context_length, d.text_dim, d.head_blocks = 32, sd_test.MAX_TOKENS, 8, 1
-  d.query, d.zeroshot.steps, d.zeroshot.batch = 'mean', 2, 4  # SD's CLIP has no projection
+  d.query, d.zeroshot.steps, d.zeroshot.batch = 'mean', 2, 4
   task = make_task(config)
   params = _random_params(task)
   fns = task.zeroshot_functions()
@@ -228,7 +220,7 @@ def test_latent_models_see_the_vae_latents(sd_folder):
   null_context = jnp.asarray(task.text.encode([''])[0][0])
   query = jax.jit(zeroshot.make_query_predictor(task.model, config))
   want = query(params, z, null_context, jax.random.PRNGKey(config.seed + 3))[:3]
-  assert got.shape == (3, 8)
+  assert got.shape == (3, config.diffdis.text_dim)
   np.testing.assert_allclose(got, np.asarray(want), atol=2e-5)
 
 

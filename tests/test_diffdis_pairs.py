@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import apply_overrides
-from configs import diffdis_sd15
 from diffdis_jax import validate
 from diffdis_jax.data import captions_digits as cd
 from diffdis_jax.objectives.diffdis import text_query
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.train import loop
-from test_stable_diffusion_folder import MAX_TOKENS, sd_folder  # noqa: F401 (a fixture)
+from test_stable_diffusion_folder import sd_folder, tiny_diffdis_config  # noqa: F401 (a fixture)
 
 BATCH = 16
 
@@ -29,17 +28,9 @@ def pair_shards(tmp_path_factory):
 
 def tiny_pairs_config(sd, data_dir, **overrides):
   """configs/diffdis_sd15.py shrunk to the tiny SD folder of test_stable_diffusion_folder."""
-  c = diffdis_sd15.get_config()
-  c.init.sd_folder, c.data.dir = str(sd), data_dir
-  c.compute_dtype = 'float32'
-  m = c.model
-  m.input_size, m.block_out_channels, m.layers_per_block = 8, (32, 64), 1
-  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
-  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
-  m.attention_head_dim, m.norm_num_groups = 2, 8
+  c = tiny_diffdis_config(sd)
+  c.data.dir = data_dir
   d = c.diffdis
-  d.context_dim, d.context_length, d.head_blocks = 32, MAX_TOKENS, 1
-  d.query, d.text_dim = 'eot', 32  # the tiny CLIP has no projection, as SD 1.x's
   c.batch_size, c.total_steps = BATCH, 4
   c.mesh.data, c.mesh.fsdp = 2, 4
   c.log_every, c.checkpoint_every, c.sample_every = 1, 2, 10_000

@@ -13,7 +13,7 @@ from configs import demo_diffdis, diffdis_sd15
 from diffdis_jax import validate
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.train import loop
-from test_stable_diffusion_folder import MAX_TOKENS, sd_folder  # noqa: F401 (a fixture)
+from test_stable_diffusion_folder import MAX_TOKENS, sd_folder, tiny_diffdis_config  # noqa: F401
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
 STEPS, LOG_EVERY = 200, 10
@@ -114,17 +114,7 @@ def test_sd_folder_initialises_the_unet_unchanged(tmp_path, sd_folder):
   import torch  # pylint: disable=g-import-not-at-top
   from peer_utils import assert_close, nchw, nhwc  # pylint: disable=g-import-not-at-top
   folder, (torch_clip, torch_unet, _) = sd_folder
-  config = diffdis_sd15.get_config()
-  config.init.sd_folder = str(folder)
-  config.compute_dtype = 'float32'
-  m = config.model
-  m.input_size, m.block_out_channels, m.layers_per_block = 8, (32, 64), 1
-  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
-  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
-  m.attention_head_dim, m.norm_num_groups = 2, 8
-  d = config.diffdis
-  d.context_dim, d.context_length, d.head_blocks = 32, MAX_TOKENS, 1
-  d.query, d.text_dim = 'eot', 32  # the tiny CLIP has no projection
+  config = tiny_diffdis_config(folder)
   config.batch_size = 8
   trainer = loop.Trainer(config, str(tmp_path))
   state = jax.device_get(trainer.init_state())
