@@ -104,7 +104,8 @@ def time_zeroshot(config, state, steps: int, warmup: int):
   return len(images) / seconds
 
 
-def time_ours(config, steps: int, warmup: int, return_state: bool = False):
+def time_ours(config, steps: int, warmup: int, return_state: bool = False,
+              compiler_options=None):
   model = build.build_model(config)
   objective = get_objective(config.method)
   tx = step_lib.make_optimizer(config)
@@ -113,7 +114,7 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False):
   batch = random_batch(config)
   t0 = time.perf_counter()
   step = jax.jit(step_lib.make_train_step(model, tx, objective, config),
-                 donate_argnums=0).lower(state, batch).compile()
+                 donate_argnums=0).lower(state, batch).compile(compiler_options)
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     state, metrics = step(state, batch)
@@ -129,11 +130,19 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False):
   return float(np.median(times)), compile_s
 
 
+def compiler_options(args):
+  if args.xla_opt_level < 0:
+    return None
+  return {'xla_backend_optimization_level': args.xla_opt_level}
+
+
 def bench_diffdis(args):
   """DiffDis step vs the generation-only step in one run, and zero-shot images/s."""
-  record = {'bench': 'train_step', 'method': 'diffdis', 'size': args.size, 'batch': args.batch}
+  record = {'bench': 'train_step', 'method': 'diffdis', 'size': args.size, 'batch': args.batch,
+            'xla_opt_level': args.xla_opt_level}
   full = diffdis_bench_config(args.size, args.batch, args.latent, 'diffusion')
-  step_s, compile_s, state = time_ours(full, args.steps, args.warmup, return_state=True)
+  step_s, compile_s, state = time_ours(full, args.steps, args.warmup, return_state=True,
+                                       compiler_options=compiler_options(args))
   record.update(latent=full.model.input_size, step_s=round(step_s, 4),
                 compile_s=round(compile_s, 1))
   zs = time_zeroshot(full, state, args.steps, args.warmup)
@@ -141,7 +150,8 @@ def bench_diffdis(args):
                 zeroshot_guidance=full.diffdis.zeroshot.guidance)
   del state
   gen_s, gen_compile_s = time_ours(diffdis_bench_config(args.size, args.batch, args.latent,
-                                                        'none'), args.steps, args.warmup)
+                                                        'none'), args.steps, args.warmup,
+                                 compiler_options=compiler_options(args))
   record.update(gen_only_step_s=round(gen_s, 4), gen_only_compile_s=round(gen_compile_s, 1),
                 ratio_vs_gen_only=round(step_s / gen_s, 3))
   return record
@@ -192,6 +202,9 @@ def main():
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--vs-torch', action='store_true')
+  parser.add_argument('--xla-opt-level', type=int, default=-1,
+                      help="XLA's backend optimisation level for our step (-1: its default; "
+                           '0: what the tests use, a quicker compile, a slower step)')
   args = parser.parse_args()
 
   device = jax.devices()[0]
@@ -202,7 +215,8 @@ def main():
     print(json.dumps({**bench_diffdis(args), **machine}))
     return
   config = bench_config(args.model, args.method, args.batch)
-  step_s, compile_s = time_ours(config, args.steps, args.warmup)
+  step_s, compile_s = time_ours(config, args.steps, args.warmup,
+                                compiler_options=compiler_options(args))
   record = {
       'bench': 'train_step', 'model': args.model, 'method': args.method, 'batch': args.batch,
       'step_s': round(step_s, 4), 'images_per_s': round(args.batch / step_s, 2),
