@@ -127,7 +127,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.dir = ''                    # prepared latents (see README: extract_latents)
   c.data.image_size = 16             # digits only: upsampled side
   c.data.latent_scale = 0.18215
-  c.data.captions = ''               # text file, one caption per line (text-conditioned data)
   c.data.split = 'train'             # split of data.dir the trainer reads
   c.data.vae_path = ''               # SD-VAE: diffusers AutoencoderKL folder or .safetensors
   # --mode=extract_latents: the images (a TFDS image classification set) and how to encode
@@ -141,8 +140,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.extract.shard_size = 10_000  # examples per output shard (the unit of resuming)
 
   c.init = ml_collections.ConfigDict()
-  # a facebookresearch/DiT model converted to safetensors (docs/weights.md); checked against
-  # the model's shapes before anything compiles
+  # a facebookresearch/DiT model converted to safetensors (docs/weights.md), checked against
+  # the model's shapes before anything compiles: every parameter that fits by path and shape
+  # initialises params, EMA and teacher (tasks/sddit.py; DiT baseline: all of them)
   c.init.dit_weights = ''
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

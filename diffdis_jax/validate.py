@@ -143,14 +143,6 @@ def validate_paths(config):
   weights = config.get('init', {}).get('dit_weights', '')
   if weights:
     _check_dit_weights(config, weights)
-  captions = config.data.get('captions', '')
-  if captions:
-    _check(os.path.isfile(captions),
-           f'data.captions={captions!r} is not a file; pass --config.data.captions=FILE '
-           '(one caption per line)')
-    with open(captions, encoding='utf-8', errors='replace') as f:
-      _check(any(line.strip() for line in f),
-             f'data.captions={captions!r} holds no caption; write one caption per line')
 
 
 def _check_dit_weights(config, path: str):

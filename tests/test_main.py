@@ -43,8 +43,6 @@ BAD_INPUTS = [
     ([DEMO, '--config.init.dit_weights={files}/dit.pt'], 'pickle checkpoint'),
     ([DEMO, '--config.init.dit_weights={files}/garbage.safetensors'], 'not a safetensors file'),
     ([DEMO, '--config.init.dit_weights={files}/dit_b2.safetensors'], 'does not fit model'),
-    ([DEMO, '--config.data.captions={files}/empty.txt'], 'holds no caption'),
-    ([DEMO, '--config.data.captions={files}/missing.txt'], 'is not a file'),
     ([DEMO, '--workdir={files}/a_file'], 'is a file, not a directory'),
     ([DEMO, '--workdir={files}/a_file/run'], 'cannot be created'),
     ([DEMO, '--num_processes=two'], 'num_processes'),
@@ -71,8 +69,7 @@ class _Unpickled:
 
 
 def _bad_files(folder):
-  """The files the table names: weights of the wrong kinds, an empty caption file, a file
-  where a workdir should be."""
+  """The files the table names: weights of the wrong kinds, a file where a workdir should be."""
   folder.mkdir()
   with open(folder / 'dit.pt', 'wb') as f:
     pickle.dump({'x_embedder.proj.weight': _Unpickled(str(folder / 'UNPICKLED'))}, f)
@@ -82,7 +79,6 @@ def _bad_files(folder):
         'y_embedder.embedding_table.weight': np.zeros((11, 768), np.float32)}
   b2.update({f'blocks.{i}.attn.qkv.bias': np.zeros((3 * 768,), np.float32) for i in range(12)})
   safetensors.numpy.save_file(b2, str(folder / 'dit_b2.safetensors'))
-  (folder / 'empty.txt').write_text('\n  \n')
   (folder / 'a_file').write_text('not a directory')
   return folder
 

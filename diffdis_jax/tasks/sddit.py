@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffdis_jax import build
 from diffdis_jax.data import pipeline
@@ -31,8 +32,26 @@ class SDDiTTask:
     return model.init(rng, *dummy_inputs(model))['params']
 
   def finish_init(self, state, shardings):
-    del shardings
-    return state
+    """With init.dit_weights: every DiT parameter that fits, in the params, their EMA and the
+    teacher (which start as copies of the params)."""
+    path = self.config.init.get('dit_weights', '')
+    if not path:
+      return state
+    from diffdis_jax.weights import dit as dit_weights  # pylint: disable=g-import-not-at-top
+    from diffdis_jax.weights.convert import load_safetensors  # pylint: disable=g-import-not-at-top
+    m = self.config.model
+    sizes = {k: m[k] for k in ('depth', 'width', 'num_heads') if m.get(k)}
+    params, loaded, kept = dit_weights.with_official_dit(
+        jax.device_get(state.params), load_safetensors(path), m.name, **sizes)
+    logging.info('init.dit_weights=%s: %d parameters loaded, %d kept from initialisation '
+                 '(%s)', path, len(loaded), len(kept), ', '.join(kept[:8]))
+    aux = jax.device_get(state.aux)
+    if 'teacher' in aux:
+      aux = dict(aux, teacher={k: params[k] for k in aux['teacher']})
+    # host copies: params, EMA and teacher must not share device buffers (the step donates)
+    state = state.replace(params=params, ema_params=jax.tree.map(np.array, params),
+                          aux=jax.tree.map(np.array, aux))
+    return jax.device_put(state, shardings)
 
   def abstract_batch(self, batch_sharding):
     m, b = self.config.model, self.config.batch_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import flax
 import jax.numpy as jnp
 import numpy as np
 
@@ -171,3 +172,24 @@ def from_official_dit(state_dict: Mapping[str, np.ndarray], model: str, *, input
                 depth=depth, num_heads=heads, num_classes=num_classes,
                 learn_sigma=_learn_sigma(in_channels, out_channels), time_freq_shift=0.0,
                 **{'decoder_depth': min(8, depth), **overrides})
+
+
+def with_official_dit(params, state_dict: Mapping[str, np.ndarray], model: str, **overrides):
+  """`params` (an SDDiT's, unboxed) with every entry a facebookresearch/DiT checkpoint has at
+  the same path and shape taken from it; returns (params, loaded paths, kept paths).
+
+  A DiT baseline (`configs/dit_xl.py`) loads completely. SD-DiT keeps what DiT does not have
+  (its separate decoder, projection head) and what differs in shape (the output layer when
+  DiT learned sigma and EDM does not), fresh from its own initialisation. Nothing shared:
+  a ValueError naming the first paths of each side.
+  """
+  _, theirs = from_official_dit(state_dict, model, **overrides)
+  mine = flax.traverse_util.flatten_dict(dict(params), sep='/')
+  theirs = flax.traverse_util.flatten_dict(dict(theirs), sep='/')
+  loaded = sorted(k for k in mine if k in theirs and np.shape(mine[k]) == np.shape(theirs[k]))
+  if not loaded:
+    raise ValueError(f'no DiT parameter fits this model: ours start {sorted(mine)[:3]}, '
+                     f'the checkpoint\'s {sorted(theirs)[:3]}')
+  merged = dict(mine, **{k: np.asarray(theirs[k]) for k in loaded})
+  kept = sorted(set(mine) - set(loaded))
+  return flax.traverse_util.unflatten_dict(merged, sep='/'), loaded, kept
