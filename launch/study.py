@@ -102,14 +102,18 @@ def main(argv):
   study_dir = plan.save_settings(_OUT.value, settings)
   caches = os.path.join(os.path.abspath(_OUT.value), 'caches')
   say = lambda line: print(line, flush=True)
+  from diffdis_jax.train import preemption  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # the per-run lines below say what happens
-  for run in runs:
-    try:
-      _, skipped = run_lib.run_one(run, settings, caches, say)
-    except plan.StudyError as e:
-      fail(str(e))
-    if not skipped:
-      report.write_report(study_dir, settings.to_json(), _command())
+  with preemption.sigterm_requests_stop():  # SIGTERM: save the current step, report, exit 0
+    for run in runs:
+      try:
+        status = run_lib.run_one(run, settings, caches, say)
+      except plan.StudyError as e:
+        fail(str(e))
+      if status == 'stopped':
+        break
+      if status == 'done':
+        report.write_report(study_dir, settings.to_json(), _command())
   results = report.write_report(study_dir, settings.to_json(), _command())
   print(f'{len(results["variants"])} variants reported: '
         f'{os.path.join(study_dir, "table.md")}, {os.path.join(study_dir, "results.json")}')

@@ -125,6 +125,31 @@ def test_diffdis_study_end_to_end(out):
   assert 'n/a' in next(l for l in table.splitlines() if l.startswith('| `gen_only` |'))
 
 
+def test_stopped_run_resumes_from_its_checkpoint(out, tmp_path):
+  """SIGTERM (here: its flag) stops a run at the next step with a checkpoint; running it
+  again continues from there to the budget and scores it. In process, one tiny variant."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study import plan, run as run_lib
+  from diffdis_jax.train import preemption
+  from diffdis_jax.train.metrics_log import read_metrics
+  settings, variants = plan.check_flags('sddit', 'cpu', 'dit', 1, 4, '4', 20,
+                                        [a[len('--set='):] for a in SDDIT_TINY], True)
+  (run,) = plan.plan(settings, variants, 1, str(tmp_path))
+  caches = str(out / 'caches')  # the digits classifier of the end-to-end test, if it ran
+  lines = []
+  with preemption.sigterm_requests_stop():
+    preemption.request_stop()
+    assert run_lib.run_one(run, settings, caches, lines.append) == 'stopped'
+  assert plan.read_record(run.workdir)['evals'] == {}
+  assert run_lib.run_one(run, settings, caches, lines.append) == 'done'
+  record = plan.read_record(run.workdir)
+  assert record['complete'] and set(record['evals']) == {'4'}
+  assert 0 <= record['evals']['4']['sample_class_acc'] <= 1
+  saved_at = [r['step'] for r in read_metrics(run.workdir) if 'params_fingerprint' in r]
+  assert saved_at == [1, 4]  # a fresh start would have dropped step 1's entry
+  assert run_lib.run_one(run, settings, caches, lines.append) == 'skipped'
+
+
 def test_gpu_scale_configs_pass_every_check(tmp_path):
   """No GPU here: the larger configs are at least checked as a real run would check them."""
   for study, count in (('sddit', 13), ('diffdis', 4)):

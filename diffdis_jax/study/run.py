@@ -104,12 +104,13 @@ def _new_record(run: PlannedRun) -> dict:
           'complete': False, 'started': _now()}
 
 
-def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> tuple[dict, bool]:
-  """(the run's record, whether it was skipped as finished before)."""
+def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
+  """Trains and scores one run: 'done', 'skipped' (finished before) or 'stopped' (SIGTERM
+  under preemption.sigterm_requests_stop: the step reached is saved, a rerun continues)."""
   record = read_record(run.workdir)
   if record is not None and record['complete']:
     say(f'{run.name}: finished before, skipped')
-    return record, True
+    return 'skipped'
   record = record or _new_record(run)
   t0 = time.perf_counter()
   os.makedirs(run.workdir, exist_ok=True)
@@ -121,11 +122,18 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> tuple[dict
   record['num_params'] = int(sum(np.prod(x.shape) for x in
                                  jax.tree.leaves(trainer.abstract_state.params)))
   record['hardware'] = hardware()
+  write_json(record_path, record)
   for step in settings.eval_at:
     if str(step) in record['evals']:
       continue
     state = trainer.train(stop_at=step)
-    if int(state.step) != step:
+    if int(state.step) < step:
+      record['wall_seconds'] += time.perf_counter() - t0
+      write_json(record_path, record)
+      say(f'{run.name}: stopped as asked at step {int(state.step)} (saved); run the same '
+          'command again to continue')
+      return 'stopped'
+    if int(state.step) > step:
       raise StudyError(f'{run.name}: its checkpoints are at step {int(state.step)}, past '
                        f'the evaluation step {step} that was never scored; delete '
                        f'{run.workdir} to run it again')
@@ -145,4 +153,4 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> tuple[dict
   record['finished'] = _now()
   write_json(record_path, record)
   share_caches(run.workdir, caches)
-  return record, False
+  return 'done'
