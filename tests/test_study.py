@@ -150,6 +150,31 @@ def test_stopped_run_resumes_from_its_checkpoint(out, tmp_path):
   assert run_lib.run_one(run, settings, caches, lines.append) == 'skipped'
 
 
+@pytest.mark.parametrize('study', ['sddit', 'diffdis'])
+def test_every_variant_traces_its_train_step(study, tmp_path):
+  """A variant that passes the checks but cannot trace would stop a study hours in (as
+  SD-DiT with a mask-token decoder did: its teacher lacked the mask token)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from diffdis_jax.parallel import mesh as mesh_lib
+  from diffdis_jax.study import plan
+  from diffdis_jax.train import checkpoint as ckpt_lib
+  from diffdis_jax.train import loop
+  from diffdis_jax.train import step as step_lib
+  tiny = SDDIT_TINY if study == 'sddit' else DIFFDIS_TINY
+  settings, variants = plan.check_flags(study, 'cpu', '', 1, 4, '', 20,
+                                        [a[len('--set='):] for a in tiny], True)
+  for run in plan.plan(settings, variants, 1, str(tmp_path)):
+    trainer = loop.Trainer(run.config, run.workdir)
+    step_fn = step_lib.make_train_step(trainer.model, trainer.tx, trainer.objective,
+                                       trainer.config)
+    state = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    with mesh_lib.activation_rules(trainer.mesh, trainer.config.axis_rules):
+      new_state, metrics = jax.eval_shape(step_fn, state, trainer.abstract_batch())
+    assert 'loss' in metrics, run.name
+    assert jax.tree.structure(new_state) == jax.tree.structure(state), run.name
+
+
 def test_gpu_scale_configs_pass_every_check(tmp_path):
   """No GPU here: the larger configs are at least checked as a real run would check them."""
   for study, count in (('sddit', 13), ('diffdis', 4)):
