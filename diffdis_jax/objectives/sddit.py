@@ -27,9 +27,12 @@ def uses_teacher(config) -> bool:
 
 
 def teacher_keys(model) -> list[str]:
-  """Top-level parameter names of the teacher: embedders, encoder blocks and the head."""
+  """Top-level parameter names of the teacher: embedders, encoder blocks and the head, plus
+  the mask token where there is one: the teacher never uses it, but the module declares it
+  in setup, so no apply works without it."""
   n_enc = model.depth - model.decoder_depth if model.decoder_mode == 'split' else model.depth
-  return list(SHARED_ENCODER_KEYS) + [f'blocks_{i}' for i in range(n_enc)]
+  extra = ['mask_token'] if model.infill == 'mask_token' else []
+  return list(SHARED_ENCODER_KEYS) + [f'blocks_{i}' for i in range(n_enc)] + extra
 
 
 def init_aux(params, model, config) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""The finished runs of a study folder -> DIR/<study>/results.json and DIR/<study>/table.md.
+
+Every finished run found under the folder counts, not only those of the latest invocation, so
+a study grown over several commands (more variants, more seeds) is reported whole. The
+standard deviation is the sample one (n - 1) over seeds; with fewer than two seeds it is null
+and the table shows the single value with "(n=1)".
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+
+from configs import study as study_configs
+from diffdis_jax.study.plan import read_record, write_json
+
+
+ABSENT = 'absent'  # the run did not measure the metric (e.g. zero-shot without a text head)
+
+
+def summarise(values) -> dict:
+  """mean, sample std and counts over seeds of one metric. Each value is a number, None (the
+  run measured it but it was not finite) or ABSENT."""
+  finite = [v for v in values if v is not None and v is not ABSENT]
+  n = len(finite)
+  mean = math.fsum(finite) / n if n else None
+  std = (math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1)) if n >= 2 else None)
+  return {'mean': mean, 'std': std, 'n': n, 'not_finite': sum(v is None for v in values),
+          'absent': sum(v is ABSENT for v in values)}
+
+
+def _finished_records(variant_dir: str) -> list[dict]:
+  if not os.path.isdir(variant_dir):
+    return []
+  records = [read_record(os.path.join(variant_dir, d)) for d in sorted(os.listdir(variant_dir))
+             if d.startswith('seed')]
+  return sorted((r for r in records if r and r['complete']), key=lambda r: r['seed'])
+
+
+def collect(study_dir: str, saved_settings: dict, command: str) -> dict:
+  study = saved_settings['study']
+  scale = study_configs.SCALE_TABLE[study, saved_settings['scale']]
+  metrics = [name for name, _ in study_configs.METRICS[study]]
+  variants = {}
+  for v in study_configs.VARIANTS[study]:
+    done = _finished_records(os.path.join(study_dir, v.name))
+    if not done:
+      continue
+    steps = [str(s) for s in saved_settings['eval_at']]
+    variants[v.name] = {
+        'what': v.what,
+        'overrides': done[0]['overrides'],
+        'seeds': [r['seed'] for r in done],
+        'num_params': done[0].get('num_params'),
+        'per_seed': {str(r['seed']): r['evals'] for r in done},
+        'summary': {step: {m: summarise([r['evals'].get(step, {}).get(m, ABSENT) for r in done])
+                           for m in metrics} for step in steps},
+        'wall_seconds': {str(r['seed']): round(r['wall_seconds'], 1) for r in done},
+        'compile_seconds': {str(r['seed']): r['compile_seconds'] for r in done},
+        'load_average': {str(r['seed']): r['load_average'] for r in done},
+        'hardware': done[0].get('hardware'),
+    }
+  return {
+      'study': study,
+      'base_config': study_configs.BASE_CONFIGS[study],
+      'scale': {'name': saved_settings['scale'], 'what': scale.what},
+      'settings': saved_settings,
+      'metrics': {name: better for name, better in study_configs.METRICS[study]},
+      'metrics_note': study_configs.METRIC_NOTES[study],
+      'std': 'sample standard deviation (n - 1) over seeds; null with fewer than two',
+      'command': command,
+      'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'variants': variants,
+  }
+
+
+def _cell(stats: dict) -> str:
+  if stats['mean'] is None:
+    return 'not finite' if stats['not_finite'] else 'n/a'
+  digits = 3 if abs(stats['mean']) < 1.5 else 1
+  text = f'{stats["mean"]:.{digits}f}'
+  text += f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ' (n=1)'
+  if stats['not_finite']:
+    text += f' ({stats["not_finite"]} not finite)'
+  return text
+
+
+def table_markdown(results: dict) -> str:
+  s = results['settings']
+  arrows = {'lower': '↓', 'higher': '↑'}
+  steps = [str(k) for k in s['eval_at']]
+  metric_cols = [(step, m) for step in steps for m in results['metrics']]
+  head = ['variant', 'seeds', 'params'] + [
+      f'{m} {arrows[results["metrics"][m]]} @{step}' for step, m in metric_cols] + ['s/run']
+  lines = [f'# {results["study"]} study: mean ± std over seeds', '',
+           f'Base `{results["base_config"]}`, scale `{results["scale"]["name"]}` '
+           f'({results["scale"]["what"]}); {s["steps"]} steps; metrics at steps '
+           f'{", ".join(steps)}; {s["samples"]} samples per generation metric. '
+           f'Std: {results["std"]}. s/run: mean wall seconds of a run, compile and '
+           f'evaluation included. n/a: not measured. {results["metrics_note"]}', '',
+           f'Command: `{results["command"]}`', '',
+           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for name, v in results['variants'].items():
+    walls = list(v['wall_seconds'].values())
+    row = [f'`{name}`', str(len(v['seeds'])), f'{v["num_params"]:,}'] + [
+        _cell(v['summary'][step][m]) for step, m in metric_cols] + [
+        f'{sum(walls) / len(walls):.0f}']
+    lines.append('| ' + ' | '.join(row) + ' |')
+  lines += [''] + [f'- `{name}`: {v["what"]}' for name, v in results['variants'].items()]
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(study_dir: str, saved_settings: dict, command: str) -> dict:
+  results = collect(study_dir, saved_settings, command)
+  write_json(os.path.join(study_dir, 'results.json'), results)
+  path = os.path.join(study_dir, 'table.md')
+  with open(path + '.tmp', 'w') as f:
+    f.write(table_markdown(results))
+  os.replace(path + '.tmp', path)
+  return results

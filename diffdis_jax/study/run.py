@@ -1,0 +1,156 @@
+"""One run of a study (a variant at a seed) through the Trainer, scored at each `eval_at` step.
+
+The run trains to the first evaluation step with `Trainer.train(stop_at=k)` (which saves a
+checkpoint there), is scored, and continues from that checkpoint to the next step, and so
+on to the budget, where the Trainer's own final evaluation runs. Scores at an intermediate k
+are those of one run seen at step k, not of a run whose budget is k: the learning rate is
+constant after warm-up, but SD-DiT's teacher momentum follows a cosine over the whole budget.
+
+Each scored step is saved at once in <workdir>/study_run.json (atomically), so a killed run
+resumes where it stopped: scored steps are not redone, training continues from the newest
+checkpoint (the Trainer resumes by itself). A run whose record says `complete` is skipped.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import time
+
+import jax
+import numpy as np
+
+from diffdis_jax.study.plan import (RECORD_FILE, PlannedRun, Settings, StudyError, read_record,
+                                    write_json)
+from diffdis_jax.train import loop
+from diffdis_jax.train.metrics_log import read_metrics
+
+# XLA's lowest backend optimisation for the train step: compiles several times faster on
+# CPU, steps run slower; for smoke runs (--fast_compile)
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+# seeded, run-independent things the tasks cache in their workdir: made once per --out
+CACHE_FOLDERS = ('text_encoder', 'digits_classifier')
+# the metric the task's final evaluation always writes when it scores anything
+FINAL_EVAL_KEY = {'sddit': 'fd_digits', 'diffdis': 'zeroshot_top1'}
+
+
+def share_caches(src_root: str, dst_root: str):
+  """Copies cached text encoders and digits classifiers that `dst_root` lacks."""
+  for folder in CACHE_FOLDERS:
+    src = os.path.join(src_root, folder)
+    if not os.path.isdir(src):
+      continue
+    for name in os.listdir(src):
+      dst = os.path.join(dst_root, folder, name)
+      if '.tmp' in name or os.path.exists(dst):
+        continue
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.copyfile(os.path.join(src, name), dst + '.tmp')
+      os.replace(dst + '.tmp', dst)
+
+
+def hardware() -> dict:
+  device = jax.devices()[0]
+  return {'backend': jax.default_backend(), 'device_kind': device.device_kind,
+          'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
+          'machine': platform.machine(), 'jax': jax.__version__}
+
+
+def finite_scores(scores: dict) -> dict:
+  """{name: float, or None where the value is not finite (JSON has no NaN)}."""
+  out = {}
+  for key, value in scores.items():
+    try:
+      value = float(value)
+    except (TypeError, ValueError):
+      continue
+    out[key] = value if math.isfinite(value) else None
+  return out
+
+
+def final_task_scores(workdir: str, step: int, study: str) -> dict:
+  """What the Trainer's final evaluation wrote to metrics.jsonl at `step` ({} if nothing)."""
+  key = FINAL_EVAL_KEY[study]
+  rows = [r for r in read_metrics(workdir) if r.get('step') == step and key in r]
+  return {k: v for k, v in rows[-1].items() if k != 'step'} if rows else {}
+
+
+def evaluate(trainer, state, step: int, settings: Settings) -> dict:
+  task, config = trainer.task, trainer.config
+  sample_fn = task.make_preview_fn(trainer.model)
+  if step == config.total_steps:  # the Trainer has just scored it
+    scores = final_task_scores(trainer.workdir, step, settings.study)
+  else:
+    scores = task.final_eval(sample_fn, state.ema_params)
+  if settings.study == 'diffdis':  # its task scores zero-shot only: add the generation metric
+    from diffdis_jax.eval.t2i_digits import t2i_digits_scores  # pylint: disable=g-import-not-at-top
+    scores.update(t2i_digits_scores(task, sample_fn, state.ema_params, settings.samples,
+                                    config.seed,
+                                    os.path.join(trainer.workdir, 'digits_classifier')))
+  return finite_scores(scores)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def _new_record(run: PlannedRun) -> dict:
+  return {'variant': run.variant.name, 'seed': run.seed,
+          'overrides': json.loads(json.dumps(run.variant.overrides)),
+          'evals': {}, 'wall_seconds': 0.0, 'compile_seconds': [], 'load_average': [],
+          'complete': False, 'started': _now()}
+
+
+def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
+  """Trains and scores one run: 'done', 'skipped' (finished before) or 'stopped' (SIGTERM
+  under preemption.sigterm_requests_stop: the step reached is saved, a rerun continues)."""
+  record = read_record(run.workdir)
+  if record is not None and record['complete']:
+    say(f'{run.name}: finished before, skipped')
+    return 'skipped'
+  record = record or _new_record(run)
+  t0 = time.perf_counter()
+  os.makedirs(run.workdir, exist_ok=True)
+  record_path = os.path.join(run.workdir, RECORD_FILE)
+  share_caches(caches, run.workdir)
+  trainer = loop.Trainer(run.config, run.workdir)
+  if settings.fast_compile:
+    trainer.compiler_options = FAST_COMPILE
+  record['num_params'] = int(sum(np.prod(x.shape) for x in
+                                 jax.tree.leaves(trainer.abstract_state.params)))
+  record['hardware'] = hardware()
+  write_json(record_path, record)
+  for step in settings.eval_at:
+    if str(step) in record['evals']:
+      continue
+    state = trainer.train(stop_at=step)
+    if int(state.step) < step:
+      record['wall_seconds'] += time.perf_counter() - t0
+      write_json(record_path, record)
+      say(f'{run.name}: stopped as asked at step {int(state.step)} (saved); run the same '
+          'command again to continue')
+      return 'stopped'
+    if int(state.step) > step:
+      raise StudyError(f'{run.name}: its checkpoints are at step {int(state.step)}, past '
+                       f'the evaluation step {step} that was never scored; delete '
+                       f'{run.workdir} to run it again')
+    scores = evaluate(trainer, state, step, settings)
+    now = time.perf_counter()
+    record['evals'][str(step)] = scores
+    record['wall_seconds'] += now - t0
+    record['compile_seconds'].append(round(trainer.compile_seconds, 2))
+    record['load_average'].append(round(os.getloadavg()[0], 2))
+    t0 = now
+    write_json(record_path, record)
+    shown = ', '.join(f'{k} {v:.4g}' if v is not None else f'{k} n/a'
+                      for k, v in sorted(scores.items()))
+    say(f'{run.name}: step {step}: {shown or "no scores"} '
+        f'({record["wall_seconds"]:.0f} s so far)')
+  record['complete'] = True
+  record['finished'] = _now()
+  write_json(record_path, record)
+  share_caches(run.workdir, caches)
+  return 'done'

@@ -1,0 +1,230 @@
+"""launch/study.py end to end at a toy budget (tiny models, a handful of steps, one seed):
+both studies write well-formed results.json and table.md, a rerun skips finished runs, and
+bad input answers with one line and exit status 2, writing nothing."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffdis_jax.study import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# conftest.tiny_sddit_config's sizes, as --set flags
+SDDIT_TINY = [f'--set={kv}' for kv in (
+    'data.image_size=8', 'model.input_size=8', 'model.width=32', 'model.depth=2',
+    'model.num_heads=2', 'model.decoder_depth=1', 'model.decoder_width=32',
+    'model.decoder_heads=2', 'model.head.hidden=32', 'model.head.bottleneck=16',
+    'model.head.out_dim=32', 'batch_size=8', 'sample.steps=3', 'sample.per_class=1')]
+# a one-level UNet and the smallest text encoder: the two-pass step compiles in about a
+# minute on a busy 2-core CPU (two levels: about twice that)
+DIFFDIS_TINY = [f'--set={kv}' for kv in (
+    'model.block_out_channels=(16,)', "model.down_block_types=('CrossAttnDownBlock2D',)",
+    "model.up_block_types=('CrossAttnUpBlock2D',)", 'model.attention_head_dim=2',
+    'text_encoder.hidden_size=16', 'text_encoder.intermediate_size=32',
+    'text_encoder.projection_dim=16', 'text_encoder.num_hidden_layers=1',
+    'text_encoder.num_attention_heads=2', 'text_encoder.pretrain_steps=20',
+    'text_encoder.pretrain_batch=32', 'diffdis.context_dim=16', 'diffdis.text_dim=16',
+    'diffdis.zeroshot.steps=2', 'diffdis.sample.steps=2', 'diffdis.sample.per_prompt=1',
+    'batch_size=8')]
+TOY = ['--seeds=1', '--samples=20', '--fast_compile']
+SDDIT_RUN = ['--study=sddit', '--only=dit,sddit', '--steps=4', '--eval_at=2', *TOY, *SDDIT_TINY]
+DIFFDIS_RUN = ['--study=diffdis', '--only=diffdis,gen_only', '--steps=3', *TOY, *DIFFDIS_TINY]
+
+
+def _run(args, timeout=1200):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device: fastest compiles
+  return subprocess.run([sys.executable, 'launch/study.py', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _error_line(proc) -> str:
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1, proc.stderr[-2000:]
+  return lines[0]
+
+
+@pytest.fixture(scope='module')
+def out(tmp_path_factory):
+  """One --out for both studies, as a user would: they share the digits classifier."""
+  return tmp_path_factory.mktemp('study') / 'out'
+
+
+def _check_results(study_dir, variants, steps, ranges):
+  """results.json holds each variant with finite per-seed scores in `ranges` at every step;
+  table.md has a row per variant and a column per (metric, step)."""
+  with open(study_dir / 'results.json') as f:
+    results = json.load(f)
+  assert list(results['variants']) == variants
+  assert results['settings']['eval_at'] == steps
+  for name in variants:
+    v = results['variants'][name]
+    assert v['seeds'] == [0] and v['num_params'] > 0 and v['wall_seconds']['0'] > 0
+    assert v['hardware']['backend'] == 'cpu'
+    for step in map(str, steps):
+      for metric, (low, high) in ranges.get(name, ranges['*']).items():
+        value = v['per_seed']['0'][step][metric]
+        assert math.isfinite(value) and low <= value <= high, (name, step, metric, value)
+        stats = v['summary'][step][metric]
+        assert stats['mean'] == value and stats['n'] == 1 and stats['std'] is None
+  with open(study_dir / 'table.md') as f:
+    table = f.read()
+  for name in variants:
+    assert sum(line.startswith(f'| `{name}` |') for line in table.splitlines()) == 1, table
+  for step in steps:
+    for metric in results['metrics']:
+      assert f'{metric}' in table and f'@{step}' in table
+  return results, table
+
+
+def _snapshot(study_dir):
+  """Bytes of every run's record and metrics log."""
+  out = {}
+  for root, _, files in os.walk(study_dir):
+    for name in files:
+      if name in ('study_run.json', 'metrics.jsonl'):
+        with open(os.path.join(root, name), 'rb') as f:
+          out[os.path.join(root, name)] = f.read()
+  return out
+
+
+def test_sddit_study_end_to_end_and_rerun_skips(out):
+  proc = _run([f'--out={out}', *SDDIT_RUN])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = {'fd_digits': (0.0, 1e4), 'sample_class_acc': (0.0, 1.0)}
+  _check_results(out / 'sddit', ['dit', 'sddit'], [2, 4], {'*': metrics})
+  # both stages of each run were scored and recorded
+  assert proc.stdout.count(': step 2:') == 2 and proc.stdout.count(': step 4:') == 2
+
+  before = _snapshot(out / 'sddit')
+  again = _run([f'--out={out}', *SDDIT_RUN])
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count('finished before, skipped') == 2, again.stdout
+  assert ': step ' not in again.stdout  # nothing trained or scored again
+  assert _snapshot(out / 'sddit') == before
+
+  other = _run([f'--out={out}', *SDDIT_RUN, '--steps=5'])
+  assert other.returncode == 2
+  assert 'other settings' in _error_line(other) and 'steps=4' in _error_line(other)
+  assert _snapshot(out / 'sddit') == before
+
+
+def test_diffdis_study_end_to_end(out):
+  proc = _run([f'--out={out}', *DIFFDIS_RUN])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  generation = {'fd_digits': (0.0, 1e4), 'sample_class_acc': (0.0, 1.0)}
+  results, table = _check_results(
+      out / 'diffdis', ['diffdis', 'gen_only'], [3],
+      {'*': {**generation, 'zeroshot_top1': (0.0, 1.0)}, 'gen_only': generation})
+  # generation only has no text head: zero-shot is not measured, and says so
+  stats = results['variants']['gen_only']['summary']['3']['zeroshot_top1']
+  assert stats['mean'] is None and stats['absent'] == 1
+  assert 'n/a' in next(l for l in table.splitlines() if l.startswith('| `gen_only` |'))
+
+
+def test_stopped_run_resumes_from_its_checkpoint(out, tmp_path):
+  """SIGTERM (here: its flag) stops a run at the next step with a checkpoint; running it
+  again continues from there to the budget and scores it. In process, one tiny variant."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study import plan, run as run_lib
+  from diffdis_jax.train import preemption
+  from diffdis_jax.train.metrics_log import read_metrics
+  settings, variants = plan.check_flags('sddit', 'cpu', 'dit', 1, 4, '4', 20,
+                                        [a[len('--set='):] for a in SDDIT_TINY], True)
+  (run,) = plan.plan(settings, variants, 1, str(tmp_path))
+  caches = str(out / 'caches')  # the digits classifier of the end-to-end test, if it ran
+  lines = []
+  with preemption.sigterm_requests_stop():
+    preemption.request_stop()
+    assert run_lib.run_one(run, settings, caches, lines.append) == 'stopped'
+  assert plan.read_record(run.workdir)['evals'] == {}
+  assert run_lib.run_one(run, settings, caches, lines.append) == 'done'
+  record = plan.read_record(run.workdir)
+  assert record['complete'] and set(record['evals']) == {'4'}
+  assert 0 <= record['evals']['4']['sample_class_acc'] <= 1
+  saved_at = [r['step'] for r in read_metrics(run.workdir) if 'params_fingerprint' in r]
+  assert saved_at == [1, 4]  # a fresh start would have dropped step 1's entry
+  assert run_lib.run_one(run, settings, caches, lines.append) == 'skipped'
+
+
+@pytest.mark.parametrize('study', ['sddit', 'diffdis'])
+def test_every_variant_traces_its_train_step(study, tmp_path):
+  """A variant that passes the checks but cannot trace would stop a study hours in (as
+  SD-DiT with a mask-token decoder did: its teacher lacked the mask token)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from diffdis_jax.parallel import mesh as mesh_lib
+  from diffdis_jax.study import plan
+  from diffdis_jax.train import checkpoint as ckpt_lib
+  from diffdis_jax.train import loop
+  from diffdis_jax.train import step as step_lib
+  tiny = SDDIT_TINY if study == 'sddit' else DIFFDIS_TINY
+  settings, variants = plan.check_flags(study, 'cpu', '', 1, 4, '', 20,
+                                        [a[len('--set='):] for a in tiny], True)
+  for run in plan.plan(settings, variants, 1, str(tmp_path)):
+    trainer = loop.Trainer(run.config, run.workdir)
+    step_fn = step_lib.make_train_step(trainer.model, trainer.tx, trainer.objective,
+                                       trainer.config)
+    state = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    with mesh_lib.activation_rules(trainer.mesh, trainer.config.axis_rules):
+      new_state, metrics = jax.eval_shape(step_fn, state, trainer.abstract_batch())
+    assert 'loss' in metrics, run.name
+    assert jax.tree.structure(new_state) == jax.tree.structure(state), run.name
+
+
+def test_gpu_scale_configs_pass_every_check(tmp_path):
+  """No GPU here: the larger configs are at least checked as a real run would check them."""
+  for study, count in (('sddit', 13), ('diffdis', 4)):
+    proc = _run([f'--study={study}', f'--out={tmp_path / "gpu"}', '--scale=gpu', '--dry_run'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('/seed2 -> ') == count, proc.stdout
+  assert not (tmp_path / 'gpu').exists()
+
+
+OUT = '--out={out}'
+BAD_INPUTS = [
+    (['--study=nope', OUT], 'study'),
+    (['--study=sddit'], '--out are required'),
+    (['--study=sddit', OUT, '--only=dit,nope'], 'unknown sddit variant(s) nope'),
+    (['--study=diffdis', OUT, '--only=dit'], 'unknown diffdis variant(s) dit'),
+    (['--study=sddit', OUT, '--seeds=0'], '--seeds must be a positive integer'),
+    (['--study=sddit', OUT, '--steps=4', '--eval_at=2,5'], 'must be in 1..4'),
+    (['--study=sddit', OUT, '--eval_at=half'], 'comma-separated list'),
+    (['--study=sddit', OUT, '--set=model.nope=1'], "no field 'model.nope'"),
+    (['--study=sddit', OUT, '--set=width'], 'is not FIELD=VALUE'),
+    (['--study=sddit', OUT, '--set=sddit.teacher_sigma=nope'], 'dit/seed0: sddit.teacher_sigma'),
+    (['--study=sddit', OUT, 'extra'], 'unexpected arguments'),
+]
+
+
+@pytest.mark.parametrize('args,words', BAD_INPUTS)
+def test_bad_input_one_line_nothing_written(tmp_path, args, words):
+  target = tmp_path / 'new'
+  proc = _run([a.format(out=target) for a in args])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert words in _error_line(proc)
+  assert not target.exists()
+
+
+def test_out_must_be_a_study_folder(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  proc = _run(['--study=sddit', f'--out={a_file}'])
+  assert proc.returncode == 2 and 'is a file' in _error_line(proc)
+  foreign = tmp_path / 'foreign'
+  foreign.mkdir()
+  (foreign / 'notes.txt').write_text('mine')
+  proc = _run(['--study=sddit', f'--out={foreign}'])
+  assert proc.returncode == 2 and 'did not write' in _error_line(proc)
+  assert sorted(os.listdir(foreign)) == ['notes.txt']
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+  stats = report.summarise([1.0, 2.0, 3.0])
+  assert stats['mean'] == 2.0 and stats['std'] == 1.0 and stats['n'] == 3
+  stats = report.summarise([4.0, None, report.ABSENT])
+  assert stats['mean'] == 4.0 and stats['std'] is None
+  assert (stats['n'], stats['not_finite'], stats['absent']) == (1, 1, 1)
