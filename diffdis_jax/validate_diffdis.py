@@ -6,7 +6,6 @@ folder, so a bad path or a mismatched size stops the run before any weight is lo
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -128,7 +127,7 @@ def check_pairs(config):
   """image_text_pairs: shards in data.dir, SD's VAE matching the UNet's latents, and a text
   encoder whose outputs have the widths diffdis.context_dim / text_dim name."""
   # pylint: disable=g-import-not-at-top
-  from diffdis_jax.data.captions import is_shard_name
+  from diffdis_jax.data.captions import find_shards, shard_format
   from diffdis_jax.weights.stable_diffusion import clip_text_has_projection
   m, d, folder = config.model, config.diffdis, config.init.sd_folder
   _check(bool(folder), 'data.name=image_text_pairs starts from Stable Diffusion: pass '
@@ -136,11 +135,14 @@ def check_pairs(config):
   data_dir = config.data.dir
   _check(bool(data_dir), 'data.dir is empty; pass --config.data.dir=<folder of caption shards '
                          '(*.tar, *.tfrecord, *.array_record) or a glob of them>')
-  names = (os.listdir(data_dir) if os.path.isdir(data_dir)
-           else [os.path.basename(p) for p in glob.glob(data_dir)])
-  _check(any(is_shard_name(n) for n in names),
-         f'data.dir={data_dir!r} holds no caption shards (*.tar, *.tfrecord*, *.array_record*); '
-         'see docs/data.md for their layout')
+  shards = find_shards(data_dir)
+  _check(bool(shards), f'data.dir={data_dir!r} holds no caption shards (*.tar, *.tfrecord*, '
+                       '*.array_record*); see docs/data.md for their layout')
+  try:
+    for path in shards:
+      shard_format(path)
+  except ValueError as err:
+    raise ConfigError(f'data.dir: {err}') from None
   vae = _read_json(os.path.join(folder, 'vae', 'config.json'),
                    f'init.sd_folder={folder!r} has no VAE (vae/config.json)')
   _check(vae.get('latent_channels', 4) == m.in_channels,

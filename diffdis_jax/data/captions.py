@@ -29,6 +29,7 @@ state. DiffDis turns a batch into latents and CLIP's c and e on the accelerator 
 from __future__ import annotations
 
 import collections
+import glob
 import io
 import itertools
 import json
@@ -69,6 +70,15 @@ def is_shard_name(name: str) -> bool:
   except ValueError:
     return False
   return True
+
+
+def find_shards(spec: str) -> list[str]:
+  """The shards `spec` names, sorted: a folder's files with shard names (anything else there,
+  e.g. a README, is ignored), or every file a glob pattern matches (whose names the caller
+  checks with `shard_format`)."""
+  if os.path.isdir(spec):
+    return [os.path.join(spec, n) for n in sorted(os.listdir(spec)) if is_shard_name(n)]
+  return sorted(p for p in glob.glob(spec) if os.path.isfile(p))
 
 
 class _Problem(Exception):

@@ -40,6 +40,7 @@ class PairEncoder:
   def _build(self, sharding):
     mesh = sharding.mesh
     self._params = jax.device_put(self._host_params, mesh_lib.replicated(mesh))
+    self._host_params = None  # the replicas are what is used from here on
     self._encode = jax.jit(self.encode, in_shardings=(mesh_lib.replicated(mesh), sharding, None),
                            out_shardings=sharding)
 

@@ -37,8 +37,7 @@ def t2i_digits_scores(task, sample_fn, params, num_samples: int, seed: int,
   `sample_fn`: its jitted text-to-image sampler (task.make_preview_fn)."""
   m = task.config.model
   labels = class_prompt_labels(num_samples)
-  prompts = [cd.CLASS_TEMPLATES[0].format(cd.CLASS_NAMES[k]) for k in range(cd.NUM_CLASSES)]
-  class_context = task.text.encode(prompts)[0]
+  class_context = task.text.encode(task.preview_prompts())[0]  # one per digit, in order
   null_context = task.text.encode([''])[0][0]
   noise = jax.random.normal(jax.random.PRNGKey(seed + NOISE_OFFSET),
                             (num_samples, m.input_size, m.input_size, m.in_channels))

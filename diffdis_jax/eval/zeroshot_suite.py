@@ -211,10 +211,6 @@ def predict_pairs(predict: Predict, params, shards, image_size: int, max_pairs: 
           'caption_image': np.asarray(caption_image), 'skipped': dict(records.skipped)}
 
 
-def retrieval_shard_paths(pattern: str) -> list[str]:
-  return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-
-
 def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: str,
                      image_size: int, settings: Optional[dict] = None) -> dict:
   """The DiffDis part of `--mode=eval`: the suite of `eval.zeroshot_datasets` to eval.json's
@@ -224,6 +220,7 @@ def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: 
   """
   # pylint: disable=g-import-not-at-top
   import jax
+  from diffdis_jax.data.captions import find_shards
   from diffdis_jax.eval.evaluate import update_eval_json
   e = config.eval
   batch = config.diffdis.zeroshot.batch
@@ -247,7 +244,7 @@ def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: 
                        'seconds': round(time.perf_counter() - t0, 1)})
   if e.retrieval_shards:
     t0 = time.perf_counter()
-    shards = retrieval_shard_paths(e.retrieval_shards)
+    shards = find_shards(e.retrieval_shards)
     pairs = predict_pairs(predict, params, shards, image_size, e.retrieval_max_pairs, batch)
     text = np.asarray(encode(pairs['captions']))
     metrics = zeroshot.retrieval_recalls(zeroshot.similarity(pairs['preds'], text),

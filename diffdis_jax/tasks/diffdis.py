@@ -20,7 +20,6 @@ With `init.sd_folder` set, the UNet's weights are those of a diffusers SD folder
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import os
 
@@ -55,15 +54,6 @@ class CLIPTextEncoder:
     out = self.clip.apply({'params': self.clip_params}, ids)
     e = objective.text_query(out, d.query, mask)
     return np.asarray(out['last_hidden_state'], np.float32), np.asarray(e, np.float32)
-
-
-def pair_shards(data_dir: str) -> list[str]:
-  """The caption shards of data.dir: a folder's *.tar, *.tfrecord*, *.array_record* files, or
-  the files a glob pattern matches."""
-  if os.path.isdir(data_dir):
-    names = sorted(os.listdir(data_dir))
-    return [os.path.join(data_dir, n) for n in names if captions.is_shard_name(n)]
-  return sorted(p for p in glob.glob(data_dir) if captions.is_shard_name(os.path.basename(p)))
 
 
 class DiffDisTask:
@@ -158,7 +148,7 @@ class DiffDisTask:
     c = self.config
     if c.data.name == 'image_text_pairs':
       records = captions.CaptionRecords(
-          pair_shards(c.data.dir), image_size=self.pixel_size,
+          captions.find_shards(c.data.dir), image_size=self.pixel_size,
           tokenizer=self.stable_diffusion.tokenizer, max_length=c.diffdis.context_length,
           seed=c.seed, process_index=process_index, process_count=process_count)
       return captions.CaptionBatches(records, c.batch_size // process_count,

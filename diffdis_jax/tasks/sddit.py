@@ -34,7 +34,7 @@ class SDDiTTask:
   def finish_init(self, state, shardings):
     """With init.dit_weights: every DiT parameter that fits, in the params, their EMA and the
     teacher (which start as copies of the params)."""
-    path = self.config.init.get('dit_weights', '')
+    path = self.config.init.dit_weights
     if not path:
       return state
     from diffdis_jax.weights import dit as dit_weights  # pylint: disable=g-import-not-at-top
