@@ -123,11 +123,24 @@ def _read_json(path: str, what: str) -> dict:
     return json.load(f)
 
 
+def check_shards(spec: str, field: str, if_none: str) -> list[str]:
+  """The caption shards `spec` names (data/captions.find_shards), each of a known format;
+  `if_none` is the line said when there are none."""
+  from diffdis_jax.data.captions import find_shards, shard_format  # pylint: disable=g-import-not-at-top
+  shards = find_shards(spec)
+  _check(bool(shards), if_none)
+  try:
+    for path in shards:
+      shard_format(path)
+  except ValueError as err:
+    raise ConfigError(f'{field}: {err}') from None
+  return shards
+
+
 def check_pairs(config):
   """image_text_pairs: shards in data.dir, SD's VAE matching the UNet's latents, and a text
   encoder whose outputs have the widths diffdis.context_dim / text_dim name."""
   # pylint: disable=g-import-not-at-top
-  from diffdis_jax.data.captions import find_shards, shard_format
   from diffdis_jax.weights.stable_diffusion import clip_text_has_projection
   m, d, folder = config.model, config.diffdis, config.init.sd_folder
   _check(bool(folder), 'data.name=image_text_pairs starts from Stable Diffusion: pass '
@@ -135,14 +148,8 @@ def check_pairs(config):
   data_dir = config.data.dir
   _check(bool(data_dir), 'data.dir is empty; pass --config.data.dir=<folder of caption shards '
                          '(*.tar, *.tfrecord, *.array_record) or a glob of them>')
-  shards = find_shards(data_dir)
-  _check(bool(shards), f'data.dir={data_dir!r} holds no caption shards (*.tar, *.tfrecord*, '
-                       '*.array_record*); see docs/data.md for their layout')
-  try:
-    for path in shards:
-      shard_format(path)
-  except ValueError as err:
-    raise ConfigError(f'data.dir: {err}') from None
+  check_shards(data_dir, 'data.dir', f'data.dir={data_dir!r} holds no caption shards (*.tar, '
+               '*.tfrecord*, *.array_record*); see docs/data.md for their layout')
   vae = _read_json(os.path.join(folder, 'vae', 'config.json'),
                    f'init.sd_folder={folder!r} has no VAE (vae/config.json)')
   _check(vae.get('latent_channels', 4) == m.in_channels,

@@ -15,7 +15,7 @@ import os
 def check_eval_inputs(config, workdir: str):
   """Something to evaluate, every named input present, a checkpoint to evaluate."""
   # pylint: disable=g-import-not-at-top
-  from diffdis_jax.data.captions import find_shards, shard_format
+  from diffdis_jax.validate_diffdis import check_shards
   from diffdis_jax.eval import zeroshot_suite as suite
   from diffdis_jax.validate import ConfigError, _check
   e, d, m = config.eval, config.diffdis, config.model
@@ -46,15 +46,10 @@ def check_eval_inputs(config, workdir: str):
            f'none of {datasets} is prepared under eval.tfds_data_dir={folder!r} (tfds names: '
            f'{[specs[n]["tfds"] for n in datasets]}); prepare them there or pass another DIR')
   if e.retrieval_shards:
-    shards = find_shards(e.retrieval_shards)
-    _check(bool(shards), f'eval.retrieval_shards={e.retrieval_shards!r} matches no file; pass '
-                         '--config.eval.retrieval_shards=GLOB of image-text shards (*.tar, '
-                         '*.tfrecord*, *.array_record*)')
-    try:
-      for path in shards:
-        shard_format(path)
-    except ValueError as err:
-      raise ConfigError(f'eval.retrieval_shards: {err}') from None
+    check_shards(e.retrieval_shards, 'eval.retrieval_shards',
+                 f'eval.retrieval_shards={e.retrieval_shards!r} matches no file; pass '
+                 '--config.eval.retrieval_shards=GLOB of image-text shards (*.tar, '
+                 '*.tfrecord*, *.array_record*)')
   if m.in_channels not in (1, 3):
     _check(bool(config.init.sd_folder), f'model.in_channels={m.in_channels}: latent models '
                                         'read images through the SD VAE; pass '
