@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffdis_jax.nn import attention
+
 Dtype = Any
 
 xavier_uniform = nn.initializers.xavier_uniform()
@@ -177,8 +179,9 @@ class LabelEmbedder(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention over (batch, tokens, width); self-attention when `context` is None.
 
-  The product is `jax.nn.dot_product_attention`, so XLA picks a fused kernel where the
-  backend has one (`implementation='cudnn'` on GPU).
+  The product is `attention.dot_product_attention`: on CPU a softmax attention with a
+  hand-written backward, elsewhere `jax.nn.dot_product_attention`, so XLA picks a fused
+  kernel where the backend has one (`implementation='cudnn'` on GPU).
   """
   num_heads: int
   qkv_bias: bool = True
@@ -199,8 +202,8 @@ class Attention(nn.Module):
       return constrain(y, (BATCH, LENGTH, HEADS, None))
 
     q, k, v = project('query', x), project('key', context), project('value', context)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=self.implementation)
+    out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                          implementation=self.implementation)
     out = constrain(out, (BATCH, LENGTH, HEADS, None)).reshape(*out.shape[:-2], width)
     return Dense(width, ('heads', 'embed'), use_bias=self.out_bias, dtype=self.dtype,
                  name='out')(out)
