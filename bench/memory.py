@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import costs  # noqa: E402  (bench/costs.py)
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/*.py file.')
 _MESH = flags.DEFINE_string('mesh', 'data:1,fsdp:8,tensor:1', 'data:N,fsdp:N,tensor:N')
 _PLATFORM = flags.DEFINE_enum('platform', 'cpu', ['cpu', 'native'],
@@ -103,23 +105,13 @@ def main(argv):
     print(json.dumps(result))
     return
   result['compile_seconds'] = round(compile_s, 1)
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
-              'temp_size_in_bytes', 'generated_code_size_in_bytes')
-    analysis = {f: int(getattr(memory, f)) for f in fields if hasattr(memory, f)}
-    result['compiled_memory_per_device'] = analysis
-    result['peak_bytes_per_device_estimate'] = (
-        analysis.get('argument_size_in_bytes', 0) + analysis.get('output_size_in_bytes', 0) -
-        analysis.get('alias_size_in_bytes', 0) + analysis.get('temp_size_in_bytes', 0))
+  stats = costs.compiled_stats(compiled)
+  if 'compiled_memory' in stats:
+    result['compiled_memory_per_device'] = stats['compiled_memory']
+    result['peak_bytes_per_device_estimate'] = stats['peak_bytes_estimate']
   result['collectives'] = footprint.collective_bytes(compiled.as_text())
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    if cost and 'flops' in cost:
-      result['flops_per_device'] = float(cost['flops'])
-  except Exception:  # pylint: disable=broad-except
-    pass  # not every backend reports costs
+  if 'xla_flops' in stats:
+    result['flops_per_device'] = stats['xla_flops']
   print(json.dumps(result))
 
 

@@ -1,15 +1,22 @@
-"""Steady-state train-step time of DiT / SD-DiT, optionally beside PyTorch in the same run.
+"""Steady-state train-step time of DiT / SD-DiT / DiffDis, optionally beside PyTorch in the same run.
 
   python bench/train_step.py --model=DiT-S/2 --method=sddit --batch=8
-  python bench/train_step.py --model=DiT-S/2 --method=dit --batch=8 --vs-torch
+  python bench/train_step.py --model=DiT-S/2 --method=dit --batch=8 --vs-torch --sample
+  python bench/train_step.py --model=DiT-XL/2 --method=dit --batch=64 --dtype=bfloat16 \
+      --attention=cudnn --vs-torch                                  # on a GPU
   python bench/train_step.py --method=diffdis --size=tiny --batch=8
-  python bench/train_step.py --method=diffdis --size=sd15 --batch=1 --latent=32
+  python bench/train_step.py --method=diffdis --size=sd15 --batch=1 --latent=32 --optimizer=sgd
 
 Ours: the real jitted train step of the package (EDM loss, AdamW, sampling EMA and, for
-sddit, the masked student, the teacher and its EMA), float32, on ImageNet-256-shaped latents
-(32x32x4, 1000 classes), random data. Theirs (--vs-torch): diffusers' DiTTransformer2DModel of
-the same shape, eager PyTorch, forward + MSE loss + backward + AdamW step, float32. Prints one
-JSON line; `ratio_vs_torch` is ours / theirs in time per step (below 1: ours is faster).
+sddit, the masked student, the teacher and its EMA), on ImageNet-256-shaped latents (32x32x4,
+1000 classes), random data, compiled ahead of time from abstract shapes. Theirs (--vs-torch):
+diffusers' DiTTransformer2DModel of the same shape, eager PyTorch, forward + MSE loss +
+backward + AdamW step (on the GPU with SDPA and, for --dtype=bfloat16, autocast). Prints one
+JSON line: step_s, images_per_s, compile_s, XLA's peak-memory estimate and FLOP count of the
+compiled step, the analytic model FLOPs per training image (bench/costs.py), the achieved
+model TFLOP/s and MFU against the device's bf16 peak (where bench/costs.py knows it), and
+`ratio_vs_torch`, ours / theirs in time per step (below 1: ours is faster). --sample adds
+EDM sampling images/s (18 Heun steps, guidance 1.5).
 
 --method=diffdis: the DiffDis train step (generation + alignment pass) of the tiny demo UNet
 or SD 1.5's UNet (77 x 768 context, 768-d query), beside the generation-only baseline
@@ -31,7 +38,9 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
+import costs  # noqa: E402  (bench/costs.py)
 from configs import common, diffdis_common  # noqa: E402
 from diffdis_jax import build  # noqa: E402
 from diffdis_jax.nn.dit import parse_dit_name  # noqa: E402
@@ -104,18 +113,34 @@ def time_zeroshot(config, state, steps: int, warmup: int):
   return len(images) / seconds
 
 
+def make_optimizer(config, name: str):
+  """The run's AdamW, or plain SGD (no optimizer state) where the AdamW moments do not fit."""
+  if name == 'sgd':
+    return optax.sgd(config.optim.lr)
+  return step_lib.make_optimizer(config)
+
+
 def time_ours(config, steps: int, warmup: int, return_state: bool = False,
-              compiler_options=None):
+              compiler_options=None, optimizer: str = 'adamw'):
+  """Step time of the package's train step, compiled ahead of time from abstract shapes.
+
+  The step is compiled before the state exists, so the compile's memory and the state's
+  never add up (what lets SD 1.5's UNet step be timed on a 24 GB host). Returns a dict:
+  step_s, compile_s, XLA's FLOP count and memory analysis (bench/costs.py), and the state
+  when `return_state`.
+  """
   model = build.build_model(config)
   objective = get_objective(config.method)
-  tx = step_lib.make_optimizer(config)
-  init = step_lib.make_init_fn(model, tx, objective, config)
-  state = jax.jit(lambda r: nn.unbox(init(r)))(jax.random.PRNGKey(0))
+  tx = make_optimizer(config, optimizer)
+  init = jax.jit(lambda r: nn.unbox(step_lib.make_init_fn(model, tx, objective, config)(r)))
+  rng = jax.random.PRNGKey(0)
   batch = random_batch(config)
   t0 = time.perf_counter()
   step = jax.jit(step_lib.make_train_step(model, tx, objective, config),
-                 donate_argnums=0).lower(state, batch).compile(compiler_options)
-  compile_s = time.perf_counter() - t0
+                 donate_argnums=0).lower(jax.eval_shape(init, rng), batch).compile(
+                     compiler_options)
+  result = {'compile_s': time.perf_counter() - t0, **costs.compiled_stats(step)}
+  state = init(rng)
   for _ in range(warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -125,9 +150,10 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False,
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
+  result['step_s'] = float(np.median(times))
   if return_state:
-    return float(np.median(times)), compile_s, state
-  return float(np.median(times)), compile_s
+    result['state'] = state
+  return result
 
 
 def compiler_options(args):
@@ -136,28 +162,56 @@ def compiler_options(args):
   return {'xla_backend_optimization_level': args.xla_opt_level}
 
 
+def _rounded(result: dict, prefix: str = '') -> dict:
+  """time_ours's dict as record fields: seconds rounded, the memory analysis summarised."""
+  out = {f'{prefix}step_s': round(result['step_s'], 4),
+         f'{prefix}compile_s': round(result['compile_s'], 1)}
+  if 'peak_bytes_estimate' in result:
+    out[f'{prefix}peak_bytes_estimate'] = result['peak_bytes_estimate']
+  if 'xla_flops' in result:
+    out[f'{prefix}xla_flops_per_step'] = result['xla_flops']
+  return out
+
+
 def bench_diffdis(args):
   """DiffDis step vs the generation-only step in one run, and zero-shot images/s."""
   record = {'bench': 'train_step', 'method': 'diffdis', 'size': args.size, 'batch': args.batch,
-            'xla_opt_level': args.xla_opt_level}
+            'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
+  options = dict(compiler_options=compiler_options(args), optimizer=args.optimizer)
   full = diffdis_bench_config(args.size, args.batch, args.latent, 'diffusion')
-  step_s, compile_s, state = time_ours(full, args.steps, args.warmup, return_state=True,
-                                       compiler_options=compiler_options(args))
-  record.update(latent=full.model.input_size, step_s=round(step_s, 4),
-                compile_s=round(compile_s, 1))
+  ours = time_ours(full, args.steps, args.warmup, return_state=True, **options)
+  record.update(latent=full.model.input_size, **_rounded(ours))
+  state = ours.pop('state')
   zs = time_zeroshot(full, state, args.steps, args.warmup)
   record.update(zeroshot_images_per_s=round(zs, 2), zeroshot_steps=full.diffdis.zeroshot.steps,
                 zeroshot_guidance=full.diffdis.zeroshot.guidance)
   del state
-  gen_s, gen_compile_s = time_ours(diffdis_bench_config(args.size, args.batch, args.latent,
-                                                        'none'), args.steps, args.warmup,
-                                 compiler_options=compiler_options(args))
-  record.update(gen_only_step_s=round(gen_s, 4), gen_only_compile_s=round(gen_compile_s, 1),
-                ratio_vs_gen_only=round(step_s / gen_s, 3))
+  gen = time_ours(diffdis_bench_config(args.size, args.batch, args.latent, 'none'),
+                  args.steps, args.warmup, **options)
+  record.update(**_rounded(gen, 'gen_only_'),
+                ratio_vs_gen_only=round(ours['step_s'] / gen['step_s'], 3))
   return record
 
 
-def time_torch(config, steps: int, warmup: int):
+def time_sampling(config, steps: int, warmup: int):
+  """Images/s of class-conditional EDM sampling (config.sample: Heun, steps, guidance)."""
+  from diffdis_jax.eval.sample import make_sample_fn  # pylint: disable=g-import-not-at-top
+  model = build.build_model(config)
+  tx = step_lib.make_optimizer(config)
+  init = step_lib.make_init_fn(model, tx, get_objective(config.method), config)
+  params = jax.jit(lambda r: nn.unbox(init(r)).params)(jax.random.PRNGKey(0))
+  batch = random_batch(config)
+  sample = jax.jit(make_sample_fn(model, config))
+  seconds = _median_time(lambda: sample(params, batch['image'], batch['label']), steps, warmup)
+  return config.batch_size / seconds
+
+
+def time_torch(config, steps: int, warmup: int, dtype: str = 'float32'):
+  """diffusers' DiT of the same shape: forward + MSE + backward + AdamW, eager PyTorch.
+
+  On a CUDA host (when our step runs on a GPU) the peer runs there too, with SDPA (diffusers'
+  default attention processor) and, for bfloat16, autocast: the usual fast PyTorch recipe.
+  """
   from diffdis_jax.torch_peers import prepare_torchvision  # pylint: disable=g-import-not-at-top
   prepare_torchvision()  # diffusers imports torchvision
   import torch  # pylint: disable=g-import-not-at-top
@@ -165,22 +219,27 @@ def time_torch(config, steps: int, warmup: int):
 
   depth, width, heads, patch = parse_dit_name(config.model.name)
   m, b = config.model, config.batch_size
+  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
   torch.manual_seed(0)
   model = DiTTransformer2DModel(
       num_attention_heads=heads, attention_head_dim=width // heads, in_channels=m.in_channels,
       out_channels=m.in_channels, num_layers=depth, sample_size=m.input_size, patch_size=patch,
-      num_embeds_ada_norm=m.num_classes)
+      num_embeds_ada_norm=m.num_classes).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-  x = torch.randn(b, m.in_channels, m.input_size, m.input_size)
-  t = torch.randint(0, 1000, (b,))
-  y = torch.randint(0, m.num_classes, (b,))
+  x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
+  t = torch.randint(0, 1000, (b,), device=device)
+  y = torch.randint(0, m.num_classes, (b,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
 
   def step():
     opt.zero_grad(set_to_none=True)
-    out = model(x, timestep=t, class_labels=y).sample
-    loss = torch.nn.functional.mse_loss(out, x)
+    with autocast:
+      out = model(x, timestep=t, class_labels=y).sample
+      loss = torch.nn.functional.mse_loss(out.float(), x)
     loss.backward()
     opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
 
   for _ in range(warmup):
     step()
@@ -201,6 +260,15 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                      help='compute dtype (parameters stay float32); torch: autocast')
+  parser.add_argument('--attention', default=None,
+                      help='model.attention_impl: einsum, xla or cudnn (default: per backend)')
+  parser.add_argument('--remat', action='store_true', help='rematerialise every block')
+  parser.add_argument('--optimizer', default='adamw', choices=['adamw', 'sgd'],
+                      help="sgd: no optimizer state, where AdamW's two moments do not fit")
+  parser.add_argument('--sample', action='store_true',
+                      help='dit/sddit: also time EDM sampling (18 Heun steps, guidance 1.5)')
   parser.add_argument('--vs-torch', action='store_true')
   parser.add_argument('--xla-opt-level', type=int, default=-1,
                       help="XLA's backend optimisation level for our step (-1: its default; "
@@ -208,24 +276,37 @@ def main():
   args = parser.parse_args()
 
   device = jax.devices()[0]
-  machine = {'backend': jax.default_backend(),
-             'device': getattr(device, 'device_kind', str(device)) or platform.processor(),
+  kind = getattr(device, 'device_kind', str(device))
+  machine = {'backend': jax.default_backend(), 'device': kind or platform.processor(),
              'jax': jax.__version__, 'cpu_count': os.cpu_count()}
   if args.method == 'diffdis':
     print(json.dumps({**bench_diffdis(args), **machine}))
     return
   config = bench_config(args.model, args.method, args.batch)
-  step_s, compile_s = time_ours(config, args.steps, args.warmup,
-                                compiler_options=compiler_options(args))
+  config.compute_dtype, config.model.remat = args.dtype, args.remat
+  config.model.attention_impl = args.attention
+  ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
+                   optimizer=args.optimizer)
+  flops = costs.sddit_flops(build.build_model(config), config)
+  images_per_s = args.batch / ours['step_s']
+  peak = costs.peak_flops(kind) if args.dtype == 'bfloat16' else None
   record = {
       'bench': 'train_step', 'model': args.model, 'method': args.method, 'batch': args.batch,
-      'step_s': round(step_s, 4), 'images_per_s': round(args.batch / step_s, 2),
-      'compile_s': round(compile_s, 1), **machine,
+      'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
+      'optimizer': args.optimizer, **_rounded(ours), 'images_per_s': round(images_per_s, 2),
+      'model_flops_per_image': flops['train_flops_per_image'],
+      'model_tflops_per_s': round(flops['train_flops_per_image'] * images_per_s / 1e12, 3),
+      'mfu': round(flops['train_flops_per_image'] * images_per_s / peak, 4) if peak else None,
+      **machine,
   }
+  if args.sample:
+    config.sample.steps, config.sample.guidance = 18, 1.5
+    record.update(sample_images_per_s=round(time_sampling(config, args.steps, args.warmup), 3),
+                  sample_steps=18, sample_guidance=1.5)
   if args.vs_torch:
-    torch_s, torch_version, threads = time_torch(config, args.steps, args.warmup)
+    torch_s, torch_version, threads = time_torch(config, args.steps, args.warmup, args.dtype)
     record.update(torch_step_s=round(torch_s, 4), torch=torch_version, torch_threads=threads,
-                  ratio_vs_torch=round(step_s / torch_s, 3))
+                  ratio_vs_torch=round(ours['step_s'] / torch_s, 3))
   print(json.dumps(record))
 
 
