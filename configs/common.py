@@ -59,7 +59,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.decoder_width = 512
   c.model.decoder_heads = 16
   c.model.infill = 'noisy'           # decoder input at masked positions: 'noisy' | 'mask_token'
-  c.model.attention_impl = config_dict.placeholder(str)  # None: XLA picks; 'cudnn' on GPU
+  # None: 'einsum' on CPU, else jax's pick | 'einsum' | 'xla' | 'cudnn' (GPU); nn/attention.py
+  c.model.attention_impl = config_dict.placeholder(str)
   c.model.remat = False
   # overrides of the named size (0: take it from model.name); tiny test models use them
   c.model.width = 0

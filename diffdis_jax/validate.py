@@ -55,6 +55,9 @@ def check_common(config):
   _check(0.0 <= config.ema_decay < 1.0, f'ema_decay must be in [0, 1), got {config.ema_decay}')
   _one_of(config.nonfinite, ('skip', 'stop'), 'nonfinite')
   _one_of(config.compute_dtype, sorted(DTYPES), 'compute_dtype')
+  if 'attention_impl' in config.model:
+    from diffdis_jax.nn.attention import IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
+    _one_of(config.model.attention_impl, IMPLEMENTATIONS, 'model.attention_impl')
 
 
 def check_mesh(config, num_devices: int):
