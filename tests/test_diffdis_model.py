@@ -1,4 +1,6 @@
 """DiffDisUNet: shapes, names, the text-off path against the plain UNet, the alignment pass."""
+import re
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -117,3 +119,32 @@ def test_alignment_pass_uses_down_mid_head_and_the_image_null():
   x_null[1] = null['null_image']
   np.testing.assert_allclose(predict(null, x, e, drop)[1], predict(null, x_null, e, keep)[1],
                              rtol=1e-6, atol=1e-6)
+
+
+def test_remat_recomputes_blocks_without_changing_values_or_gradients():
+  """model.remat wraps every ResNet and transformer block (and the sub-layers DiffDis' dual-
+  stream pass calls one by one) in jax.checkpoint; parameters and gradients are unchanged."""
+  params = random_params()
+  x, t, c, e = _inputs()
+  t_e = np.array([10.0, 500.0, 900.0], np.float32)
+
+  def loss(model):
+    def fn(p):
+      noise_pred = model.apply({'params': p}, x, t, c)                      # generation pass
+      text = model.apply({'params': p}, x, 0.0, c, e, t_e, method='predict_text')
+      return (noise_pred ** 2).mean() + (text ** 2).mean()
+    return fn
+
+  plain, remat = loss(tiny_model()), loss(tiny_model(remat=True))
+  # jax.checkpoint's primitive ('remat2' in jax 0.10, 'checkpoint' in later releases)
+  count = lambda fn, name: len(re.findall(r'= %s\[' % name,
+                                          str(jax.make_jaxpr(jax.grad(fn))(params))))
+  checkpoints = lambda fn: count(fn, 'remat2') + count(fn, 'checkpoint')
+  assert checkpoints(plain) == 0
+  # one per ResNet, per transformer block of the plain pass, per sub-layer of the text pass
+  assert checkpoints(remat) >= 10
+  assert count(remat, 'dot_general') > count(plain, 'dot_general')  # forwards recomputed
+  np.testing.assert_allclose(jax.jit(remat)(params), jax.jit(plain)(params), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(jax.jit(jax.grad(remat))(params)),
+                  jax.tree.leaves(jax.jit(jax.grad(plain))(params))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)

@@ -55,6 +55,7 @@ class UNet2DCondition(nn.Module):
   downsample_padding: int = 1
   mid_block_type: Optional[str] = 'UNetMidBlock2DCrossAttn'  # or None: no mid block
   attention_impl: Optional[str] = None
+  remat: bool = False                       # recompute ResNet and transformer blocks (backward)
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -73,7 +74,7 @@ class UNet2DCondition(nn.Module):
     channels = tuple(self.block_out_channels)
     common = dict(use_linear_projection=self.use_linear_projection,
                   norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps,
-                  attention_impl=self.attention_impl, dtype=self.dtype)
+                  attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype)
 
     self.conv_in = layers.Conv(channels[0], 3, padding=1, dtype=self.dtype)
     self.time_embedding = layers.TimestepEmbedder(

@@ -115,6 +115,9 @@ class BasicTransformerBlock(nn.Module):
     return self.feed_forward(self.cross_attention(self.self_attention(x), context))
 
 
+TRANSFORMER_METHODS = ('__call__', 'self_attention', 'cross_attention', 'feed_forward')
+
+
 class SpatialTransformer(nn.Module):
   """diffusers' Transformer2DModel on continuous input: GroupNorm, project the pixels to
   tokens (1x1 conv, or linear with `use_linear_projection` as in SD 2.x), `depth` transformer
@@ -126,6 +129,7 @@ class SpatialTransformer(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -139,9 +143,12 @@ class SpatialTransformer(nn.Module):
                                  dtype=self.dtype)
       self.proj_out = layers.Conv(c, 1, axes=('conv_height', 'conv_width', 'embed', 'conv_out'),
                                   dtype=self.dtype)
+    # DiffDis' dual-stream pass calls the three sub-layers one by one: remat each of them
+    block = nn.remat(BasicTransformerBlock, methods=TRANSFORMER_METHODS) if self.remat else (
+        BasicTransformerBlock)
     self.transformer_blocks = [
-        BasicTransformerBlock(c, self.num_heads, norm_eps=self.norm_eps,
-                              attention_impl=self.attention_impl, dtype=self.dtype)
+        block(c, self.num_heads, norm_eps=self.norm_eps, attention_impl=self.attention_impl,
+              dtype=self.dtype)
         for _ in range(self.depth)]
 
   def to_tokens(self, x):
@@ -183,17 +190,20 @@ class DownBlock(nn.Module):
   norm_eps: float = 1e-5
   downsample_padding: int = 1
   attention_impl: Optional[str] = None
+  remat: bool = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.out_channels
-    self.resnets = [ResnetBlock(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
       self.attentions = [
           SpatialTransformer(c, self.num_heads, self.transformer_depth,
                              self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, dtype=self.dtype)
+                             attention_impl=self.attention_impl, remat=self.remat,
+                             dtype=self.dtype)
           for _ in range(self.num_layers)]
     if self.add_downsample:
       self.downsamplers = [Downsample(c, self.downsample_padding, dtype=self.dtype)]
@@ -221,16 +231,19 @@ class MidBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  remat: bool = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.channels
-    self.resnets = [ResnetBlock(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers + 1)]
     self.attentions = [
         SpatialTransformer(c, self.num_heads, self.transformer_depth, self.use_linear_projection,
                            self.norm_num_groups, self.norm_eps,
-                           attention_impl=self.attention_impl, dtype=self.dtype)
+                           attention_impl=self.attention_impl, remat=self.remat,
+                           dtype=self.dtype)
         for _ in range(self.num_layers)]
 
   def __call__(self, x, temb, context):
@@ -253,17 +266,20 @@ class UpBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  remat: bool = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.out_channels
-    self.resnets = [ResnetBlock(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
       self.attentions = [
           SpatialTransformer(c, self.num_heads, self.transformer_depth,
                              self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, dtype=self.dtype)
+                             attention_impl=self.attention_impl, remat=self.remat,
+                             dtype=self.dtype)
           for _ in range(self.num_layers)]
     if self.add_upsample:
       self.upsamplers = [Upsample(c, dtype=self.dtype)]
