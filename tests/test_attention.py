@@ -30,7 +30,7 @@ def test_einsum_attention_matches_jax_values_and_gradients(t, s):
 
 
 def test_einsum_attention_gradients_match_finite_differences():
-  q, k, v, weight = _qkv(5, 4, dtype=jnp.float64 if jax.config.x64_enabled else jnp.float32)
+  q, k, v, weight = _qkv(5, 4)
   f = _loss(attention.einsum_attention, weight)
   eps = 1e-2
   direction = [jnp.asarray(np.random.default_rng(1).normal(size=x.shape), x.dtype)
