@@ -125,7 +125,8 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False,
   """Step time of the package's train step, compiled ahead of time from abstract shapes.
 
   The step is compiled before the state exists, so the compile's memory and the state's
-  never add up (what lets SD 1.5's UNet step be timed on a 24 GB host). Returns a dict:
+  never add up (on a 24 GB CPU host SD 1.5's DiffDis step still does not fit: its compile
+  alone passed 16.6 GB, docs/results.md). Returns a dict:
   step_s, compile_s, XLA's FLOP count and memory analysis (bench/costs.py), and the state
   when `return_state`.
   """
