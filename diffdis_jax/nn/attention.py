@@ -22,10 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _scale(q):
+  """1 / sqrt(head_dim) in q's dtype."""
+  return np.float32(1.0 / np.sqrt(q.shape[-1])).astype(q.dtype)
+
+
 def _forward(q, k, v):
   """q (B, T, N, H), k and v (B, S, N, H) -> output (B, T, N, H) and probabilities (B, N, T, S)."""
-  scale = np.float32(1.0 / np.sqrt(q.shape[-1])).astype(q.dtype)
-  logits = jnp.einsum('btnh,bsnh->bnts', q * scale, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum('btnh,bsnh->bnts', q * _scale(q), k, preferred_element_type=jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum('bnts,bsnh->btnh', probs.astype(v.dtype), v)
   return out, probs
@@ -48,15 +52,14 @@ def _fwd(q, k, v):
 
 def _bwd(residuals, d_out):
   q, k, v, out, probs = residuals
-  scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
   p = probs.astype(v.dtype)
   d_v = jnp.einsum('bnts,btnh->bsnh', p, d_out)
   d_p = jnp.einsum('btnh,bsnh->bnts', d_out, v, preferred_element_type=jnp.float32)
   # rowsum(dP * P) = rowsum(dO * O): a (B, T, N) reduction over head_dim instead of over S
   row = jnp.einsum('btnh,btnh->bnt', d_out.astype(jnp.float32), out.astype(jnp.float32))
   d_logits = (probs * (d_p - row[..., None])).astype(q.dtype)
-  d_q = jnp.einsum('bnts,bsnh->btnh', d_logits, k) * scale.astype(q.dtype)
-  d_k = jnp.einsum('bnts,btnh->bsnh', d_logits, q) * scale.astype(q.dtype)
+  d_q = jnp.einsum('bnts,bsnh->btnh', d_logits, k) * _scale(q)
+  d_k = jnp.einsum('bnts,btnh->bsnh', d_logits, q) * _scale(q)
   return d_q, d_k, d_v
 
 

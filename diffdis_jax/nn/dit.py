@@ -106,7 +106,7 @@ class SDDiT(nn.Module):
       raise ValueError(f"decoder_mode must be 'separate' or 'split', got {self.decoder_mode!r}")
     if self.infill not in ('noisy', 'mask_token'):
       raise ValueError(f"infill must be 'noisy' or 'mask_token', got {self.infill!r}")
-    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    block = layers.maybe_remat(DiTBlock, self.remat)
     grid = self.input_size // self.patch
     kw = dict(attention_impl=self.attention_impl, dtype=self.dtype)
     self.x_embedder = layers.PatchEmbed(self.patch, self.width, dtype=self.dtype)

@@ -118,6 +118,14 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def maybe_remat(module_cls, remat: bool, methods=None):
+  """`module_cls`, or its jax.checkpoint-wrapped version (recomputed in the backward) when
+  `remat`; `methods` names the methods to wrap besides __call__'s default."""
+  if not remat:
+    return module_cls
+  return nn.remat(module_cls, methods=list(methods)) if methods else nn.remat(module_cls)
+
+
 def modulate(x, shift, scale):
   """adaLN modulation of (batch, tokens, width) activations by per-sample shift and scale."""
   return x * (1 + scale[:, None, :]) + shift[:, None, :]

@@ -144,8 +144,7 @@ class SpatialTransformer(nn.Module):
       self.proj_out = layers.Conv(c, 1, axes=('conv_height', 'conv_width', 'embed', 'conv_out'),
                                   dtype=self.dtype)
     # DiffDis' dual-stream pass calls the three sub-layers one by one: remat each of them
-    block = nn.remat(BasicTransformerBlock, methods=TRANSFORMER_METHODS) if self.remat else (
-        BasicTransformerBlock)
+    block = layers.maybe_remat(BasicTransformerBlock, self.remat, TRANSFORMER_METHODS)
     self.transformer_blocks = [
         block(c, self.num_heads, norm_eps=self.norm_eps, attention_impl=self.attention_impl,
               dtype=self.dtype)
@@ -195,7 +194,7 @@ class DownBlock(nn.Module):
 
   def setup(self):
     c = self.out_channels
-    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    resnet = layers.maybe_remat(ResnetBlock, self.remat)
     self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
@@ -236,7 +235,7 @@ class MidBlock(nn.Module):
 
   def setup(self):
     c = self.channels
-    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    resnet = layers.maybe_remat(ResnetBlock, self.remat)
     self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers + 1)]
     self.attentions = [
@@ -271,7 +270,7 @@ class UpBlock(nn.Module):
 
   def setup(self):
     c = self.out_channels
-    resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    resnet = layers.maybe_remat(ResnetBlock, self.remat)
     self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
