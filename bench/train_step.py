@@ -141,19 +141,15 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False,
                  donate_argnums=0).lower(jax.eval_shape(init, rng), batch).compile(
                      compiler_options)
   result = {'compile_s': time.perf_counter() - t0, **costs.compiled_stats(step)}
-  state = init(rng)
-  for _ in range(warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  result['step_s'] = float(np.median(times))
+  holder = {'state': init(rng)}
+
+  def one_step():  # the state is donated: each step consumes the previous one's
+    holder['state'], metrics = step(holder['state'], batch)
+    return metrics
+
+  result['step_s'] = _median_time(one_step, steps, warmup)
   if return_state:
-    result['state'] = state
+    result['state'] = holder['state']
   return result
 
 
@@ -197,10 +193,10 @@ def bench_diffdis(args):
 def time_sampling(config, steps: int, warmup: int):
   """Images/s of class-conditional EDM sampling (config.sample: Heun, steps, guidance)."""
   from diffdis_jax.eval.sample import make_sample_fn  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
   model = build.build_model(config)
-  tx = step_lib.make_optimizer(config)
-  init = step_lib.make_init_fn(model, tx, get_objective(config.method), config)
-  params = jax.jit(lambda r: nn.unbox(init(r)).params)(jax.random.PRNGKey(0))
+  init_params = make_task(config).init_params
+  params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.PRNGKey(0))
   batch = random_batch(config)
   sample = jax.jit(make_sample_fn(model, config))
   seconds = _median_time(lambda: sample(params, batch['image'], batch['label']), steps, warmup)
