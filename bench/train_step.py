@@ -260,7 +260,8 @@ def main():
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                       help='compute dtype (parameters stay float32); torch: autocast')
   parser.add_argument('--attention', default=None,
-                      help='model.attention_impl: einsum, xla or cudnn (default: per backend)')
+                      help='model.attention_impl: einsum, xla, cudnn or splash (TPU); '
+                      'default: per backend')
   parser.add_argument('--remat', action='store_true', help='rematerialise every block')
   parser.add_argument('--optimizer', default='adamw', choices=['adamw', 'sgd'],
                       help="sgd: no optimizer state, where AdamW's two moments do not fit")

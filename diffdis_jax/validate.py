@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
 
 DATASETS = ('digits', 'imagenet256_latents')  # SD-DiT
@@ -58,6 +60,10 @@ def check_common(config):
   if 'attention_impl' in config.model:
     from diffdis_jax.nn.attention import IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
     _one_of(config.model.attention_impl, IMPLEMENTATIONS, 'model.attention_impl')
+    # elsewhere splash runs through the Pallas interpreter: correct, and far too slow to train
+    _check(config.model.attention_impl != 'splash' or jax.default_backend() == 'tpu',
+           f"model.attention_impl='splash' is a TPU kernel and this backend is "
+           f"{jax.default_backend()}; pass --config.model.attention_impl=None (or 'cudnn' on GPU)")
 
 
 def check_mesh(config, num_devices: int):

@@ -5,6 +5,10 @@
   None       'einsum' on the CPU backend, else `jax.nn.dot_product_attention`'s own choice
   'einsum'   `einsum_attention` below: two einsums, a float32 softmax, a hand-written backward
   'xla', 'cudnn'   passed to `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU)
+  'splash'   jax's Pallas splash kernel for TPU (nn/splash_attention.py); on other backends it
+             runs through the Pallas interpreter, which only tests should do
+
+Masked and causal attention (CLIP's text encoder, 77 tokens) always go to jax's function.
 
 Why a hand-written backward: on XLA:CPU, autodiff of jax's reference attention materialises
 the softmax scale and the normaliser as full (batch, heads, T, S) tensors and differentiates
@@ -66,20 +70,29 @@ def _bwd(residuals, d_out):
 einsum_attention.defvjp(_fwd, _bwd)
 
 
-IMPLEMENTATIONS = (None, 'einsum', 'xla', 'cudnn')
+IMPLEMENTATIONS = (None, 'einsum', 'xla', 'cudnn', 'splash')
 
 
 def dot_product_attention(q, k, v, *, mask=None, is_causal: bool = False,
-                          implementation: Optional[str] = None):
-  """(B, T, N, H) queries against (B, S, N, H) keys and values; see the module docstring."""
+                          implementation: Optional[str] = None, partition=None):
+  """(B, T, N, H) queries against (B, S, N, H) keys and values; see the module docstring.
+
+  `partition`: the PartitionSpec of q, k and v over the mesh in context, for the one kernel
+  XLA cannot partition by itself (splash).
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'attention implementation must be one of {IMPLEMENTATIONS}, '
                      f'got {implementation!r}')
   if implementation is None and jax.default_backend() == 'cpu':
     implementation = 'einsum'
-  if implementation == 'einsum' and mask is None and not is_causal:
+  unmasked = mask is None and not is_causal
+  if implementation == 'einsum' and unmasked:
     return einsum_attention(q, k, v)
-  if implementation == 'einsum':  # masks: jax's reference implementation handles them
+  if implementation == 'splash' and unmasked:
+    from diffdis_jax.nn import splash_attention  # pylint: disable=g-import-not-at-top
+    return splash_attention.splash_attention(q, k, v, partition=partition,
+                                             interpret=jax.default_backend() != 'tpu')
+  if implementation in ('einsum', 'splash'):  # masks: jax's reference implementation
     implementation = 'xla'
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                       implementation=implementation)

@@ -210,8 +210,9 @@ class Attention(nn.Module):
       return constrain(y, (BATCH, LENGTH, HEADS, None))
 
     q, k, v = project('query', x), project('key', context), project('value', context)
-    out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                          implementation=self.implementation)
+    out = attention.dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation,
+        partition=nn.logical_to_mesh_axes((BATCH, LENGTH, HEADS, None)))
     out = constrain(out, (BATCH, LENGTH, HEADS, None)).reshape(*out.shape[:-2], width)
     return Dense(width, ('heads', 'embed'), use_bias=self.out_bias, dtype=self.dtype,
                  name='out')(out)
