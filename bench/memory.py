@@ -90,7 +90,7 @@ def main(argv):
       'model': config.model.name, 'method': config.method,
       'mesh': dict(trainer.mesh.shape), 'platform': jax.devices()[0].platform,
       'devices': jax.device_count(), 'global_batch': config.batch_size,
-      'compute_dtype': config.compute_dtype, 'remat': bool(config.model.remat),
+      'compute_dtype': config.compute_dtype, 'remat': config.model.remat,
       'param_count': sum(math.prod(x.shape) for x in jax.tree.leaves(part('params'))),
       'total_param_bytes': footprint.total_bytes(part('params')),
       'param_bytes_per_device': per_device('params'),

@@ -26,6 +26,7 @@ throughput (DDIM over the text query with guidance, `diffdis.zeroshot.steps` ste
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -120,13 +121,21 @@ def make_optimizer(config, name: str):
   return step_lib.make_optimizer(config)
 
 
+def _return_freed_heap():
+  """Hand the heap a compile freed back to the OS before the state is allocated: glibc keeps
+  it, and SD 1.5's DiffDis step leaves about 17 GB of a 24 GB host that way."""
+  try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc: nothing to do
+    pass
+
+
 def time_ours(config, steps: int, warmup: int, return_state: bool = False,
               compiler_options=None, optimizer: str = 'adamw'):
   """Step time of the package's train step, compiled ahead of time from abstract shapes.
 
   The step is compiled before the state exists, so the compile's memory and the state's
-  never add up (on a 24 GB CPU host SD 1.5's DiffDis step still does not fit: its compile
-  alone passed 16.6 GB, docs/results.md). Returns a dict:
+  never add up. Returns a dict:
   step_s, compile_s, XLA's FLOP count and memory analysis (bench/costs.py), and the state
   when `return_state`.
   """
@@ -141,6 +150,8 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False,
                  donate_argnums=0).lower(jax.eval_shape(init, rng), batch).compile(
                      compiler_options)
   result = {'compile_s': time.perf_counter() - t0, **costs.compiled_stats(step)}
+  print(f'compiled: {json.dumps(result)}', file=sys.stderr, flush=True)
+  _return_freed_heap()
   holder = {'state': init(rng)}
 
   def one_step():  # the state is donated: each step consumes the previous one's
@@ -262,7 +273,8 @@ def main():
   parser.add_argument('--attention', default=None,
                       help='model.attention_impl: einsum, xla, cudnn or splash (TPU); '
                       'default: per backend')
-  parser.add_argument('--remat', action='store_true', help='rematerialise every block')
+  parser.add_argument('--remat', default='none', choices=['none', 'full', 'dots'],
+                      help='model.remat: what each block keeps for its backward')
   parser.add_argument('--optimizer', default='adamw', choices=['adamw', 'sgd'],
                       help="sgd: no optimizer state, where AdamW's two moments do not fit")
   parser.add_argument('--sample', action='store_true',

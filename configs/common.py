@@ -61,7 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.infill = 'noisy'           # decoder input at masked positions: 'noisy' | 'mask_token'
   # None: 'einsum' on CPU, else jax's pick | 'einsum' | 'xla' | 'cudnn' (GPU); nn/attention.py
   c.model.attention_impl = config_dict.placeholder(str)
-  c.model.remat = False
+  # what each block keeps for its backward (nn/layers.py REMAT_POLICIES): 'none' | 'full'
+  # (recompute the block) | 'dots' (keep the products with weights, recompute the rest)
+  c.model.remat = 'none'
   # overrides of the named size (0: take it from model.name); tiny test models use them
   c.model.width = 0
   c.model.depth = 0

@@ -87,8 +87,8 @@ def sd15_unet() -> ml_collections.ConfigDict:
       layers_per_block=2, attention_head_dim=8, transformer_layers_per_block=1,
       norm_num_groups=32, use_linear_projection=False,
       # attention: None ('einsum' on CPU, else jax's pick) | 'einsum' | 'xla' | 'cudnn';
-      # remat: recompute every ResNet and transformer block in the backward (less memory)
-      attention_impl=config_dict.placeholder(str), remat=False))
+      # remat: 'none' | 'full' | 'dots' for every ResNet and transformer block (common.py)
+      attention_impl=config_dict.placeholder(str), remat='none'))
 
 
 def diffdis_eval() -> ml_collections.ConfigDict:

@@ -38,6 +38,7 @@ BAD_INPUTS = [
     ([DEMO, '--config.nonfinite=nope'], 'nonfinite'),
     ([DEMO, '--config.ema_decay=1.5'], 'ema_decay'),
     ([DEMO, '--config.model.attention_impl=flash'], 'model.attention_impl'),
+    ([DEMO, '--config.model.remat=yes'], 'model.remat'),
     ([DEMO, '--config.mesh.expert=2'], "no field 'expert'"),
     ([DEMO, '--config.model.in_channels=3'], 'model.in_channels=1'),  # digits are grey
     ([DEMO, '--config.init.dit_weights={files}/missing.safetensors'], 'no such file'),

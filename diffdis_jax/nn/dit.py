@@ -15,7 +15,7 @@ Apply signatures (x is NHWC, already scaled by the caller's preconditioning):
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -98,7 +98,7 @@ class SDDiT(nn.Module):
   head: Optional[dict] = None        # ProjectionHead fields; None: no head
   time_freq_shift: float = 0.0
   attention_impl: Optional[str] = None
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Any = jnp.float32
 
   def setup(self):

@@ -9,7 +9,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -118,12 +118,26 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def maybe_remat(module_cls, remat: bool, methods=None):
-  """`module_cls`, or its jax.checkpoint-wrapped version (recomputed in the backward) when
-  `remat`; `methods` names the methods to wrap besides __call__'s default."""
-  if not remat:
+# what a rematerialised block keeps for its backward (`model.remat`); the rest is recomputed
+REMAT_POLICIES = {
+    'none': None,  # no remat: every intermediate is kept
+    'full': jax.checkpoint_policies.nothing_saveable,  # only the block's inputs
+    # products with weights (no batch dimension in the kernel): the norms, activations and
+    # attention's batched products are recomputed, the costly projections are not
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def maybe_remat(module_cls, remat: Union[bool, str], methods=None):
+  """`module_cls`, or its jax.checkpoint-wrapped version under REMAT_POLICIES[remat]
+  (True means 'full', False 'none'); `methods` names the methods to wrap besides __call__."""
+  name = {True: 'full', False: 'none'}.get(remat, remat)
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'remat must be one of {list(REMAT_POLICIES)}, got {remat!r}')
+  if name == 'none':
     return module_cls
-  return nn.remat(module_cls, methods=list(methods)) if methods else nn.remat(module_cls)
+  return nn.remat(module_cls, policy=REMAT_POLICIES[name],
+                  **({'methods': list(methods)} if methods else {}))
 
 
 def modulate(x, shift, scale):

@@ -55,7 +55,7 @@ class UNet2DCondition(nn.Module):
   downsample_padding: int = 1
   mid_block_type: Optional[str] = 'UNetMidBlock2DCrossAttn'  # or None: no mid block
   attention_impl: Optional[str] = None
-  remat: bool = False                       # recompute ResNet and transformer blocks (backward)
+  remat: Union[bool, str] = False                       # recompute ResNet and transformer blocks (backward)
   dtype: Any = jnp.float32
 
   def setup(self):

@@ -12,7 +12,7 @@ token join self-attention by subclassing and overriding `__call__` only.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -129,7 +129,7 @@ class SpatialTransformer(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -189,7 +189,7 @@ class DownBlock(nn.Module):
   norm_eps: float = 1e-5
   downsample_padding: int = 1
   attention_impl: Optional[str] = None
-  remat: bool = False               # recompute each ResNet and transformer block in the backward
+  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -230,7 +230,7 @@ class MidBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
-  remat: bool = False               # recompute each ResNet and transformer block in the backward
+  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -265,7 +265,7 @@ class UpBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
-  remat: bool = False               # recompute each ResNet and transformer block in the backward
+  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
