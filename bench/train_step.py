@@ -4,14 +4,15 @@
   python bench/train_step.py --model=DiT-S/2 --method=dit --batch=8 --vs-torch --sample
   python bench/train_step.py --model=DiT-XL/2 --method=dit --batch=64 --dtype=bfloat16 \
       --attention=cudnn --vs-torch                                  # on a GPU
-  python bench/train_step.py --method=diffdis --size=tiny --batch=8
+  python bench/train_step.py --method=diffdis --size=tiny --batch=8 --vs-torch
   python bench/train_step.py --method=diffdis --size=sd15 --batch=1 --latent=32 --optimizer=sgd
 
 Ours: the real jitted train step of the package (EDM loss, AdamW, sampling EMA and, for
 sddit, the masked student, the teacher and its EMA), on ImageNet-256-shaped latents (32x32x4,
 1000 classes), random data, compiled ahead of time from abstract shapes. Theirs (--vs-torch):
 diffusers' DiTTransformer2DModel of the same shape, eager PyTorch, forward + MSE loss +
-backward + AdamW step (on the GPU with SDPA and, for --dtype=bfloat16, autocast). Prints one
+backward + optimizer step (bench/peers.py; on the GPU with SDPA and, for --dtype=bfloat16,
+autocast). Prints one
 JSON line: step_s, images_per_s, compile_s, XLA's peak-memory estimate and FLOP count of the
 compiled step, the analytic model FLOPs per training image (bench/costs.py), the achieved
 model TFLOP/s and MFU against the device's bf16 peak (where bench/costs.py knows it), and
@@ -22,6 +23,8 @@ EDM sampling images/s (18 Heun steps, guidance 1.5).
 or SD 1.5's UNet (77 x 768 context, 768-d query), beside the generation-only baseline
 (align_mode none: the plain SD UNet step) in the same run, and zero-shot classification
 throughput (DDIM over the text query with guidance, `diffdis.zeroshot.steps` steps).
+With --vs-torch, diffusers' UNet2DConditionModel of the same UNet runs the plain SD step
+beside it, and `ratio_vs_torch` is our generation-only step over that one.
 """
 from __future__ import annotations
 
@@ -42,9 +45,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import costs  # noqa: E402  (bench/costs.py)
+import peers  # noqa: E402  (bench/peers.py)
 from configs import common, diffdis_common  # noqa: E402
 from diffdis_jax import build  # noqa: E402
-from diffdis_jax.nn.dit import parse_dit_name  # noqa: E402
 from diffdis_jax.objectives import get_objective  # noqa: E402
 from diffdis_jax.train import step as step_lib  # noqa: E402
 
@@ -184,9 +187,12 @@ def _rounded(result: dict, prefix: str = '') -> dict:
 def bench_diffdis(args):
   """DiffDis step vs the generation-only step in one run, and zero-shot images/s."""
   record = {'bench': 'train_step', 'method': 'diffdis', 'size': args.size, 'batch': args.batch,
+            'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
             'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
   options = dict(compiler_options=compiler_options(args), optimizer=args.optimizer)
-  full = diffdis_bench_config(args.size, args.batch, args.latent, 'diffusion')
+  config = lambda align: apply_flags(
+      diffdis_bench_config(args.size, args.batch, args.latent, align), args)
+  full = config('diffusion')
   ours = time_ours(full, args.steps, args.warmup, return_state=True, **options)
   record.update(latent=full.model.input_size, **_rounded(ours))
   state = ours.pop('state')
@@ -194,10 +200,13 @@ def bench_diffdis(args):
   record.update(zeroshot_images_per_s=round(zs, 2), zeroshot_steps=full.diffdis.zeroshot.steps,
                 zeroshot_guidance=full.diffdis.zeroshot.guidance)
   del state
-  gen = time_ours(diffdis_bench_config(args.size, args.batch, args.latent, 'none'),
-                  args.steps, args.warmup, **options)
+  gen_config = config('none')
+  gen = time_ours(gen_config, args.steps, args.warmup, **options)
   record.update(**_rounded(gen, 'gen_only_'),
                 ratio_vs_gen_only=round(ours['step_s'] / gen['step_s'], 3))
+  if args.vs_torch:  # the peer of the generation-only step: the plain SD UNet step
+    record.update(_vs_torch(peers.unet_step(gen_config, args.steps, args.warmup, args.dtype,
+                                            args.optimizer), gen['step_s']))
   return record
 
 
@@ -214,49 +223,18 @@ def time_sampling(config, steps: int, warmup: int):
   return config.batch_size / seconds
 
 
-def time_torch(config, steps: int, warmup: int, dtype: str = 'float32'):
-  """diffusers' DiT of the same shape: forward + MSE + backward + AdamW, eager PyTorch.
+def apply_flags(config, args):
+  """The bench's --dtype, --remat and --attention on a config."""
+  config.compute_dtype, config.model.remat = args.dtype, args.remat
+  config.model.attention_impl = args.attention
+  return config
 
-  On a CUDA host (when our step runs on a GPU) the peer runs there too, with SDPA (diffusers'
-  default attention processor) and, for bfloat16, autocast: the usual fast PyTorch recipe.
-  """
-  from diffdis_jax.torch_peers import prepare_torchvision  # pylint: disable=g-import-not-at-top
-  prepare_torchvision()  # diffusers imports torchvision
-  import torch  # pylint: disable=g-import-not-at-top
-  from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
 
-  depth, width, heads, patch = parse_dit_name(config.model.name)
-  m, b = config.model, config.batch_size
-  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-  torch.manual_seed(0)
-  model = DiTTransformer2DModel(
-      num_attention_heads=heads, attention_head_dim=width // heads, in_channels=m.in_channels,
-      out_channels=m.in_channels, num_layers=depth, sample_size=m.input_size, patch_size=patch,
-      num_embeds_ada_norm=m.num_classes).to(device)
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-  x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
-  t = torch.randint(0, 1000, (b,), device=device)
-  y = torch.randint(0, m.num_classes, (b,), device=device)
-  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with autocast:
-      out = model(x, timestep=t, class_labels=y).sample
-      loss = torch.nn.functional.mse_loss(out.float(), x)
-    loss.backward()
-    opt.step()
-    if device == 'cuda':
-      torch.cuda.synchronize()
-
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), torch.__version__, torch.get_num_threads()
+def _vs_torch(peer, our_step_s: float) -> dict:
+  """Record fields of a peer's (seconds, torch version, threads) beside our step time."""
+  torch_s, version, threads = peer
+  return {'torch_step_s': round(torch_s, 4), 'torch': version, 'torch_threads': threads,
+          'ratio_vs_torch': round(our_step_s / torch_s, 3)}
 
 
 def main():
@@ -292,9 +270,7 @@ def main():
   if args.method == 'diffdis':
     print(json.dumps({**bench_diffdis(args), **machine}))
     return
-  config = bench_config(args.model, args.method, args.batch)
-  config.compute_dtype, config.model.remat = args.dtype, args.remat
-  config.model.attention_impl = args.attention
+  config = apply_flags(bench_config(args.model, args.method, args.batch), args)
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   flops = costs.sddit_flops(build.build_model(config), config)
@@ -314,9 +290,8 @@ def main():
     record.update(sample_images_per_s=round(time_sampling(config, args.steps, args.warmup), 3),
                   sample_steps=18, sample_guidance=1.5)
   if args.vs_torch:
-    torch_s, torch_version, threads = time_torch(config, args.steps, args.warmup, args.dtype)
-    record.update(torch_step_s=round(torch_s, 4), torch=torch_version, torch_threads=threads,
-                  ratio_vs_torch=round(ours['step_s'] / torch_s, 3))
+    record.update(_vs_torch(peers.dit_step(config, args.steps, args.warmup, args.dtype,
+                                           args.optimizer), ours['step_s']))
   print(json.dumps(record))
 
 

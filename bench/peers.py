@@ -1,0 +1,90 @@
+"""The PyTorch peers of bench/train_step.py: diffusers' models of the same shape, trained eagerly.
+
+Each returns (median seconds per step, torch version, torch threads). A step is forward, loss,
+backward and optimizer update, without EMA or data. On a CUDA host, when our step runs on a
+GPU, the peer runs there too. It uses SDPA (diffusers' default attention processor) and, for
+bfloat16, autocast: the usual fast PyTorch recipe.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from diffdis_jax.build import UNET_FIELDS
+from diffdis_jax.nn.dit import parse_dit_name
+
+
+def _torch():
+  from diffdis_jax.torch_peers import prepare_torchvision  # pylint: disable=g-import-not-at-top
+  prepare_torchvision()  # diffusers imports torchvision
+  import torch  # pylint: disable=g-import-not-at-top
+  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
+  torch.manual_seed(0)
+  return torch, device
+
+
+def _time_steps(torch, model, loss_fn, device, steps, warmup, dtype, optimizer):
+  """Median seconds of `optimizer` steps on loss_fn() (the forward, under autocast)."""
+  if optimizer == 'sgd':
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+  else:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      loss = loss_fn()
+    loss.backward()
+    opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
+
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)), torch.__version__, torch.get_num_threads()
+
+
+def dit_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):
+  """diffusers' DiTTransformer2DModel of config.model's DiT: MSE against the input."""
+  torch, device = _torch()
+  from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
+  depth, width, heads, patch = parse_dit_name(config.model.name)
+  m, b = config.model, config.batch_size
+  model = DiTTransformer2DModel(
+      num_attention_heads=heads, attention_head_dim=width // heads, in_channels=m.in_channels,
+      out_channels=m.in_channels, num_layers=depth, sample_size=m.input_size, patch_size=patch,
+      num_embeds_ada_norm=m.num_classes).to(device)
+  x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
+  t = torch.randint(0, 1000, (b,), device=device)
+  y = torch.randint(0, m.num_classes, (b,), device=device)
+  loss = lambda: torch.nn.functional.mse_loss(
+      model(x, timestep=t, class_labels=y).sample.float(), x)
+  return _time_steps(torch, model, loss, device, steps, warmup, dtype, optimizer)
+
+
+def unet_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):
+  """diffusers' UNet2DConditionModel of a DiffDis config's UNet (config.model, diffusers'
+  field names), conditioned on a (batch, context_length, context_dim) context: the epsilon
+  MSE of the plain SD step, which is DiffDis' generation-only baseline."""
+  torch, device = _torch()
+  from diffusers import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
+  m, d, b = config.model, config.diffdis, config.batch_size
+  fields = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
+  model = UNet2DConditionModel(sample_size=m.input_size, in_channels=m.in_channels,
+                               out_channels=m.in_channels, cross_attention_dim=d.context_dim,
+                               **fields).to(device)
+  x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
+  noise = torch.randn_like(x)
+  t = torch.randint(0, 1000, (b,), device=device)
+  context = torch.randn(b, d.context_length, d.context_dim, device=device)
+  loss = lambda: torch.nn.functional.mse_loss(
+      model(x, t, encoder_hidden_states=context).sample.float(), noise)
+  return _time_steps(torch, model, loss, device, steps, warmup, dtype, optimizer)
