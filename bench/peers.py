@@ -4,6 +4,11 @@ Each returns (median seconds per step, torch version, torch threads). A step is 
 backward and optimizer update, without EMA or data. On a CUDA host, when our step runs on a
 GPU, the peer runs there too. It uses SDPA (diffusers' default attention processor) and, for
 bfloat16, autocast: the usual fast PyTorch recipe.
+
+The peers have our models' parameter counts (tests/test_bench_peers.py), with one difference:
+diffusers' DiT keeps its own copy of the timestep and class embedders in every block (0.63 M
+parameters per block at DiT-S/2, 2.78 M at XL/2). The extra compute is a few small products
+per image, but the optimizer updates those copies too.
 """
 from __future__ import annotations
 
@@ -52,16 +57,34 @@ def _time_steps(torch, model, loss_fn, device, steps, warmup, dtype, optimizer):
   return float(np.median(times)), torch.__version__, torch.get_num_threads()
 
 
-def dit_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):
-  """diffusers' DiTTransformer2DModel of config.model's DiT: MSE against the input."""
-  torch, device = _torch()
+def dit_model(config):
+  """diffusers' DiTTransformer2DModel of config.model's DiT (on the CPU)."""
+  _torch()
   from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
   depth, width, heads, patch = parse_dit_name(config.model.name)
-  m, b = config.model, config.batch_size
-  model = DiTTransformer2DModel(
+  m = config.model
+  return DiTTransformer2DModel(
       num_attention_heads=heads, attention_head_dim=width // heads, in_channels=m.in_channels,
       out_channels=m.in_channels, num_layers=depth, sample_size=m.input_size, patch_size=patch,
-      num_embeds_ada_norm=m.num_classes).to(device)
+      num_embeds_ada_norm=m.num_classes)
+
+
+def unet_model(config):
+  """diffusers' UNet2DConditionModel of a DiffDis config's UNet (config.model, in diffusers'
+  field names) with config.diffdis's context width (on the CPU)."""
+  _torch()
+  from diffusers import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
+  m = config.model
+  fields = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
+  return UNet2DConditionModel(sample_size=m.input_size, in_channels=m.in_channels,
+                              out_channels=m.in_channels,
+                              cross_attention_dim=config.diffdis.context_dim, **fields)
+
+
+def dit_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):
+  """dit_model's step: MSE against the input."""
+  torch, device = _torch()
+  model, m, b = dit_model(config).to(device), config.model, config.batch_size
   x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
   t = torch.randint(0, 1000, (b,), device=device)
   y = torch.randint(0, m.num_classes, (b,), device=device)
@@ -71,16 +94,10 @@ def dit_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer:
 
 
 def unet_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):
-  """diffusers' UNet2DConditionModel of a DiffDis config's UNet (config.model, diffusers'
-  field names), conditioned on a (batch, context_length, context_dim) context: the epsilon
-  MSE of the plain SD step, which is DiffDis' generation-only baseline."""
+  """unet_model's step on a (batch, context_length, context_dim) context: the epsilon MSE of
+  the plain SD step, which is DiffDis' generation-only baseline."""
   torch, device = _torch()
-  from diffusers import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
-  m, d, b = config.model, config.diffdis, config.batch_size
-  fields = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
-  model = UNet2DConditionModel(sample_size=m.input_size, in_channels=m.in_channels,
-                               out_channels=m.in_channels, cross_attention_dim=d.context_dim,
-                               **fields).to(device)
+  model, m, d, b = unet_model(config).to(device), config.model, config.diffdis, config.batch_size
   x = torch.randn(b, m.in_channels, m.input_size, m.input_size, device=device)
   noise = torch.randn_like(x)
   t = torch.randint(0, 1000, (b,), device=device)
