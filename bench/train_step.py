@@ -24,7 +24,8 @@ or SD 1.5's UNet (77 x 768 context, 768-d query), beside the generation-only bas
 (align_mode none: the plain SD UNet step) in the same run, and zero-shot classification
 throughput (DDIM over the text query with guidance, `diffdis.zeroshot.steps` steps).
 With --vs-torch, diffusers' UNet2DConditionModel of the same UNet runs the plain SD step
-beside it, and `ratio_vs_torch` is our generation-only step over that one.
+beside it, and `ratio_vs_torch` is our generation-only step over that one. --method=unet
+times that generation-only step (and with --vs-torch its peer) alone.
 """
 from __future__ import annotations
 
@@ -210,6 +211,21 @@ def bench_diffdis(args):
   return record
 
 
+def bench_unet(args):
+  """The plain SD UNet step alone (DiffDis' generation-only baseline), and its torch peer."""
+  config = apply_flags(diffdis_bench_config(args.size, args.batch, args.latent, 'none'), args)
+  ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
+                   optimizer=args.optimizer)
+  record = {'bench': 'train_step', 'method': 'unet', 'size': args.size, 'batch': args.batch,
+            'latent': config.model.input_size, 'dtype': args.dtype, 'remat': args.remat,
+            'attention': args.attention, 'xla_opt_level': args.xla_opt_level,
+            'optimizer': args.optimizer, **_rounded(ours)}
+  if args.vs_torch:
+    record.update(_vs_torch(peers.unet_step(config, args.steps, args.warmup, args.dtype,
+                                            args.optimizer), ours['step_s']))
+  return record
+
+
 def time_sampling(config, steps: int, warmup: int):
   """Images/s of class-conditional EDM sampling (config.sample: Heun, steps, guidance)."""
   from diffdis_jax.eval.sample import make_sample_fn  # pylint: disable=g-import-not-at-top
@@ -240,9 +256,10 @@ def _vs_torch(peer, our_step_s: float) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='DiT-S/2')
-  parser.add_argument('--method', default='sddit', choices=['sddit', 'dit', 'diffdis'])
-  parser.add_argument('--size', default='tiny', help="diffdis: 'tiny' (demo) or 'sd15'")
-  parser.add_argument('--latent', type=int, default=0, help='diffdis: latent side (0: config)')
+  parser.add_argument('--method', default='sddit', choices=['sddit', 'dit', 'diffdis', 'unet'])
+  parser.add_argument('--size', default='tiny', help="diffdis, unet: 'tiny' (demo) or 'sd15'")
+  parser.add_argument('--latent', type=int, default=0,
+                      help='diffdis, unet: latent side (0: config)')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=3)
@@ -269,6 +286,9 @@ def main():
              'jax': jax.__version__, 'cpu_count': os.cpu_count()}
   if args.method == 'diffdis':
     print(json.dumps({**bench_diffdis(args), **machine}))
+    return
+  if args.method == 'unet':
+    print(json.dumps({**bench_unet(args), **machine}))
     return
   config = apply_flags(bench_config(args.model, args.method, args.batch), args)
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),

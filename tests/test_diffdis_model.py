@@ -121,7 +121,8 @@ def test_alignment_pass_uses_down_mid_head_and_the_image_null():
                              rtol=1e-6, atol=1e-6)
 
 
-def test_remat_recomputes_blocks_without_changing_values_or_gradients():
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_recomputes_blocks_without_changing_values_or_gradients(policy):
   """model.remat wraps every ResNet and transformer block (and the sub-layers DiffDis' dual-
   stream pass calls one by one) in jax.checkpoint; parameters and gradients are unchanged."""
   params = random_params()
@@ -135,7 +136,7 @@ def test_remat_recomputes_blocks_without_changing_values_or_gradients():
       return (noise_pred ** 2).mean() + (text ** 2).mean()
     return fn
 
-  plain, remat = loss(tiny_model()), loss(tiny_model(remat=True))
+  plain, remat = loss(tiny_model()), loss(tiny_model(remat=policy))
   # jax.checkpoint's primitive ('remat2' in jax 0.10, 'checkpoint' in later releases)
   count = lambda fn, name: len(re.findall(r'= %s\[' % name,
                                           str(jax.make_jaxpr(jax.grad(fn))(params))))
