@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from diffdis_jax import weights  # noqa: E402
 from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
 from diffdis_jax.weights.convert import expected_params  # noqa: E402
+import timing  # noqa: E402  (bench/timing.py)
 
 # Full-size configs, as in the SD 1.5 / SD VAE / CLIP ViT-L/14 config.json files.
 UNET_SD15 = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -54,14 +54,7 @@ def time_calls(fn, iters: int, warmup: int):
   start = time.perf_counter()
   fn()
   first = time.perf_counter() - start
-  for _ in range(warmup - 1):
-    fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  return first, timing.median_seconds(fn, iters, max(warmup - 1, 0))
 
 
 def random_params(module, *example_args, seed=0):

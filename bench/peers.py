@@ -12,11 +12,9 @@ per image, but the optimizer updates those copies too.
 """
 from __future__ import annotations
 
-import time
-
 import jax
-import numpy as np
 
+import timing  # bench/timing.py
 from diffdis_jax.build import UNET_FIELDS
 from diffdis_jax.nn.dit import parse_dit_name
 
@@ -47,14 +45,8 @@ def _time_steps(torch, model, loss_fn, device, steps, warmup, dtype, optimizer):
     if device == 'cuda':
       torch.cuda.synchronize()
 
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), torch.__version__, torch.get_num_threads()
+  seconds = timing.median_seconds(step, steps, warmup)
+  return seconds, torch.__version__, torch.get_num_threads()
 
 
 def dit_model(config):

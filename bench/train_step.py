@@ -47,6 +47,7 @@ import optax  # noqa: E402
 
 import costs  # noqa: E402  (bench/costs.py)
 import peers  # noqa: E402  (bench/peers.py)
+import timing  # noqa: E402  (bench/timing.py)
 from configs import common, diffdis_common  # noqa: E402
 from diffdis_jax import build  # noqa: E402
 from diffdis_jax.objectives import get_objective  # noqa: E402
@@ -96,14 +97,7 @@ def random_batch(config):
 
 
 def _median_time(fn, steps: int, warmup: int):
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return timing.median_seconds(fn, steps, warmup, block=jax.block_until_ready)
 
 
 def time_zeroshot(config, state, steps: int, warmup: int):
