@@ -137,7 +137,7 @@ def maybe_remat(module_cls, remat: Union[bool, str], methods=None):
   if name == 'none':
     return module_cls
   return nn.remat(module_cls, policy=REMAT_POLICIES[name],
-                  **({'methods': list(methods)} if methods else {}))
+                  methods=list(methods) if methods else None)
 
 
 def modulate(x, shift, scale):
