@@ -121,7 +121,7 @@ def make_optimizer(config, name: str):
 
 def _return_freed_heap():
   """Hand the heap a compile freed back to the OS before the state is allocated: glibc keeps
-  it, and SD 1.5's DiffDis step leaves about 17 GB of a 24 GB host that way."""
+  it, and SD 1.5's DiffDis compile peaks above 21 GB of a 24 GB host (docs/results.md)."""
   try:
     ctypes.CDLL('libc.so.6').malloc_trim(0)
   except (OSError, AttributeError):  # not glibc: nothing to do
