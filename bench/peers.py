@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 
 import timing  # bench/timing.py
-from diffdis_jax.build import UNET_FIELDS
+from diffdis_jax.build import unet_fields
 from diffdis_jax.nn.dit import parse_dit_name
 
 
@@ -67,10 +67,9 @@ def unet_model(config):
   _torch()
   from diffusers import UNet2DConditionModel  # pylint: disable=g-import-not-at-top
   m = config.model
-  fields = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
   return UNet2DConditionModel(sample_size=m.input_size, in_channels=m.in_channels,
                               out_channels=m.in_channels,
-                              cross_attention_dim=config.diffdis.context_dim, **fields)
+                              cross_attention_dim=config.diffdis.context_dim, **unet_fields(m))
 
 
 def dit_step(config, steps: int, warmup: int, dtype: str = 'float32', optimizer: str = 'adamw'):

@@ -182,8 +182,7 @@ def _rounded(result: dict, prefix: str = '') -> dict:
 def bench_diffdis(args):
   """DiffDis step vs the generation-only step in one run, and zero-shot images/s."""
   record = {'bench': 'train_step', 'method': 'diffdis', 'size': args.size, 'batch': args.batch,
-            'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
-            'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
+            **_flag_fields(args)}
   options = dict(compiler_options=compiler_options(args), optimizer=args.optimizer)
   config = lambda align: apply_flags(
       diffdis_bench_config(args.size, args.batch, args.latent, align), args)
@@ -211,9 +210,7 @@ def bench_unet(args):
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   record = {'bench': 'train_step', 'method': 'unet', 'size': args.size, 'batch': args.batch,
-            'latent': config.model.input_size, 'dtype': args.dtype, 'remat': args.remat,
-            'attention': args.attention, 'xla_opt_level': args.xla_opt_level,
-            'optimizer': args.optimizer, **_rounded(ours)}
+            'latent': config.model.input_size, **_flag_fields(args), **_rounded(ours)}
   if args.vs_torch:
     record.update(_vs_torch(peers.unet_step(config, args.steps, args.warmup, args.dtype,
                                             args.optimizer), ours['step_s']))
@@ -231,6 +228,12 @@ def time_sampling(config, steps: int, warmup: int):
   sample = jax.jit(make_sample_fn(model, config))
   seconds = _median_time(lambda: sample(params, batch['image'], batch['label']), steps, warmup)
   return config.batch_size / seconds
+
+
+def _flag_fields(args) -> dict:
+  """The record fields that say which of the bench's settings a measurement ran under."""
+  return {'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
+          'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
 
 
 def apply_flags(config, args):
@@ -292,8 +295,7 @@ def main():
   peak = costs.peak_flops(kind) if args.dtype == 'bfloat16' else None
   record = {
       'bench': 'train_step', 'model': args.model, 'method': args.method, 'batch': args.batch,
-      'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
-      'optimizer': args.optimizer, **_rounded(ours), 'images_per_s': round(images_per_s, 2),
+      **_flag_fields(args), **_rounded(ours), 'images_per_s': round(images_per_s, 2),
       'model_flops_per_image': flops['train_flops_per_image'],
       'model_tflops_per_s': round(flops['train_flops_per_image'] * images_per_s / 1e12, 3),
       'mfu': round(flops['train_flops_per_image'] * images_per_s / peak, 4) if peak else None,

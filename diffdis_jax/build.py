@@ -13,6 +13,12 @@ UNET_FIELDS = ('block_out_channels', 'down_block_types', 'up_block_types', 'laye
                'use_linear_projection')
 
 
+def unet_fields(model_config) -> dict:
+  """config.model's UNet fields (diffusers' names), sequences as tuples."""
+  m = model_config
+  return {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
+
+
 def compute_dtype(config):
   return DTYPES[config.compute_dtype]
 
@@ -35,7 +41,7 @@ def build_diffdis(config):
   """The DiffDisUNet of `config.model` (UNet fields) and `config.diffdis` (text stream)."""
   from diffdis_jax.nn.diffdis import DiffDisUNet  # pylint: disable=g-import-not-at-top
   m, d = config.model, config.diffdis
-  unet = {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in UNET_FIELDS}
+  unet = unet_fields(m)
   return DiffDisUNet(
       in_channels=m.in_channels, out_channels=m.in_channels, **unet, text_dim=d.text_dim,
       align=d.align_mode, head_blocks=d.head_blocks, image_null=d.image_null,
