@@ -233,13 +233,15 @@ def time_sampling(config, steps: int, warmup: int):
 def _flag_fields(args) -> dict:
   """The record fields that say which of the bench's settings a measurement ran under."""
   return {'dtype': args.dtype, 'remat': args.remat, 'attention': args.attention,
-          'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
+          'conv': args.conv, 'xla_opt_level': args.xla_opt_level, 'optimizer': args.optimizer}
 
 
 def apply_flags(config, args):
-  """The bench's --dtype, --remat and --attention on a config."""
+  """The bench's --dtype, --remat, --attention and (UNet models) --conv on a config."""
   config.compute_dtype, config.model.remat = args.dtype, args.remat
   config.model.attention_impl = args.attention
+  if 'conv_impl' in config.model:
+    config.model.conv_impl = None if args.conv == 'auto' else args.conv
   return config
 
 
@@ -265,6 +267,9 @@ def main():
   parser.add_argument('--attention', default=None,
                       help='model.attention_impl: einsum, xla, cudnn or splash (TPU); '
                       'default: per backend')
+  parser.add_argument('--conv', default='auto', choices=['auto', 'xla', 'im2col'],
+                      help='diffdis, unet: model.conv_impl (auto: by backend and shape, '
+                           'nn/convolution.py)')
   parser.add_argument('--remat', default='none', choices=['none', 'full', 'dots'],
                       help='model.remat: what each block keeps for its backward')
   parser.add_argument('--optimizer', default='adamw', choices=['adamw', 'sgd'],

@@ -45,8 +45,8 @@ def build_diffdis(config):
   return DiffDisUNet(
       in_channels=m.in_channels, out_channels=m.in_channels, **unet, text_dim=d.text_dim,
       align=d.align_mode, head_blocks=d.head_blocks, image_null=d.image_null,
-      logit_scale_init=d.logit_scale_init, attention_impl=m.attention_impl, remat=m.remat,
-      dtype=compute_dtype(config))
+      logit_scale_init=d.logit_scale_init, attention_impl=m.attention_impl,
+      conv_impl=m.conv_impl, remat=m.remat, dtype=compute_dtype(config))
 
 
 MODEL_BUILDERS = {'sddit': build_sddit, 'diffdis': build_diffdis}

@@ -60,13 +60,16 @@ def check_common(config):
   if 'attention_impl' in config.model:
     from diffdis_jax.nn.attention import IMPLEMENTATIONS  # pylint: disable=g-import-not-at-top
     _one_of(config.model.attention_impl, IMPLEMENTATIONS, 'model.attention_impl')
-  if 'remat' in config.model:
-    from diffdis_jax.nn.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
-    _one_of(config.model.remat, REMAT_POLICIES, 'model.remat')
     # elsewhere splash runs through the Pallas interpreter: correct, and far too slow to train
     _check(config.model.attention_impl != 'splash' or jax.default_backend() == 'tpu',
            f"model.attention_impl='splash' is a TPU kernel and this backend is "
            f"{jax.default_backend()}; pass --config.model.attention_impl=None (or 'cudnn' on GPU)")
+  if 'conv_impl' in config.model:
+    from diffdis_jax.nn import convolution  # pylint: disable=g-import-not-at-top
+    _one_of(config.model.conv_impl, convolution.IMPLEMENTATIONS, 'model.conv_impl')
+  if 'remat' in config.model:
+    from diffdis_jax.nn.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+    _one_of(config.model.remat, REMAT_POLICIES, 'model.remat')
 
 
 def check_mesh(config, num_devices: int):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.nn import attention
+from diffdis_jax.nn import attention, convolution
 
 Dtype = Any
 
@@ -351,6 +351,8 @@ class Conv(nn.Module):
 
   The kernel is (kh, kw, in, out), named `axes`; the bias takes the output name. Asymmetric
   padding (the SD VAE's downsampler) is done by the caller with `jnp.pad` and `padding=0`.
+  `implementation` picks how the convolution is computed (nn/convolution.py); the parameters
+  are the same whichever runs.
   """
   features: int
   kernel_size: int = 3
@@ -359,6 +361,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   axes: tuple = ('conv_height', 'conv_width', 'conv_in', 'conv_out')
   kernel_init: Callable = nn.initializers.lecun_normal()
+  implementation: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -370,6 +373,7 @@ class Conv(nn.Module):
         use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=partitioned(self.kernel_init, self.axes),
         bias_init=partitioned(zeros, (self.axes[-1],)),
+        conv_general_dilated=convolution.conv_general_dilated(self.implementation),
         name='conv')(x.astype(self.dtype))
 
 

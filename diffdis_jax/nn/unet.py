@@ -55,6 +55,7 @@ class UNet2DCondition(nn.Module):
   downsample_padding: int = 1
   mid_block_type: Optional[str] = 'UNetMidBlock2DCrossAttn'  # or None: no mid block
   attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None                       # nn/convolution.py; None: by shape
   remat: Union[bool, str] = False                       # recompute ResNet and transformer blocks (backward)
   dtype: Any = jnp.float32
 
@@ -74,9 +75,11 @@ class UNet2DCondition(nn.Module):
     channels = tuple(self.block_out_channels)
     common = dict(use_linear_projection=self.use_linear_projection,
                   norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps,
-                  attention_impl=self.attention_impl, remat=self.remat, dtype=self.dtype)
+                  attention_impl=self.attention_impl, conv_impl=self.conv_impl,
+                  remat=self.remat, dtype=self.dtype)
 
-    self.conv_in = layers.Conv(channels[0], 3, padding=1, dtype=self.dtype)
+    self.conv_in = layers.Conv(channels[0], 3, padding=1, implementation=self.conv_impl,
+                               dtype=self.dtype)
     self.time_embedding = layers.TimestepEmbedder(
         4 * channels[0], freq_dim=channels[0], freq_shift=self.freq_shift,
         flip_sin_to_cos=self.flip_sin_to_cos, dtype=self.dtype)
@@ -99,7 +102,8 @@ class UNet2DCondition(nn.Module):
                 transformer_depth=depth[levels - 1 - i], **common)
         for i, kind in enumerate(self.up_block_types)]
     self.conv_norm_out = layers.GroupNorm(self.norm_num_groups, self.norm_eps, dtype=self.dtype)
-    self.conv_out = layers.Conv(self.out_channels, 3, padding=1, dtype=self.dtype)
+    self.conv_out = layers.Conv(self.out_channels, 3, padding=1, implementation=self.conv_impl,
+                                dtype=self.dtype)
 
   def __call__(self, x, t, context):
     batch = x.shape[0]

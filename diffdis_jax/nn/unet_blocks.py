@@ -40,6 +40,7 @@ class ResnetBlock(nn.Module):
   out_channels: int
   norm_num_groups: int = 32
   eps: float = 1e-5
+  conv_impl: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -47,7 +48,8 @@ class ResnetBlock(nn.Module):
     x = x.astype(self.dtype)
     norm = lambda name: layers.GroupNorm(self.norm_num_groups, self.eps, dtype=self.dtype,
                                          name=name)
-    conv = lambda name: layers.Conv(self.out_channels, 3, padding=1, dtype=self.dtype, name=name)
+    conv = lambda name: layers.Conv(self.out_channels, 3, padding=1,
+                                    implementation=self.conv_impl, dtype=self.dtype, name=name)
     h = conv('conv1')(nn.silu(norm('norm1')(x)))
     if temb is not None:
       t = layers.Dense(self.out_channels, ('embed', 'conv_out'), dtype=self.dtype,
@@ -55,7 +57,8 @@ class ResnetBlock(nn.Module):
       h = h + t[:, None, None, :]
     h = conv('conv2')(nn.silu(norm('norm2')(h)))
     if x.shape[-1] != self.out_channels:
-      x = layers.Conv(self.out_channels, 1, dtype=self.dtype, name='conv_shortcut')(x)
+      x = layers.Conv(self.out_channels, 1, implementation=self.conv_impl, dtype=self.dtype,
+                      name='conv_shortcut')(x)
     return x + h
 
 
@@ -63,25 +66,27 @@ class Downsample(nn.Module):
   """Stride-2 3x3 convolution. `padding=0` is the VAE's variant: pad right and bottom by one."""
   channels: int
   padding: int = 1
+  conv_impl: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if self.padding == 0:
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    return layers.Conv(self.channels, 3, strides=2, padding=self.padding, dtype=self.dtype,
-                       name='conv')(x)
+    return layers.Conv(self.channels, 3, strides=2, padding=self.padding,
+                       implementation=self.conv_impl, dtype=self.dtype, name='conv')(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour 2x (or to `size`) followed by a 3x3 convolution."""
   channels: int
+  conv_impl: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, size=None):
-    return layers.Conv(self.channels, 3, padding=1, dtype=self.dtype,
-                       name='conv')(upsample_nearest(x, size))
+    return layers.Conv(self.channels, 3, padding=1, implementation=self.conv_impl,
+                       dtype=self.dtype, name='conv')(upsample_nearest(x, size))
 
 
 class BasicTransformerBlock(nn.Module):
@@ -129,6 +134,7 @@ class SpatialTransformer(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None
   remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
@@ -140,9 +146,9 @@ class SpatialTransformer(nn.Module):
       self.proj_out = layers.Dense(c, ('embed', 'conv_out'), dtype=self.dtype)
     else:
       self.proj_in = layers.Conv(c, 1, axes=('conv_height', 'conv_width', 'conv_out', 'embed'),
-                                 dtype=self.dtype)
+                                 implementation=self.conv_impl, dtype=self.dtype)
       self.proj_out = layers.Conv(c, 1, axes=('conv_height', 'conv_width', 'embed', 'conv_out'),
-                                  dtype=self.dtype)
+                                  implementation=self.conv_impl, dtype=self.dtype)
     # DiffDis' dual-stream pass calls the three sub-layers one by one: remat each of them
     block = layers.maybe_remat(BasicTransformerBlock, self.remat, TRANSFORMER_METHODS)
     self.transformer_blocks = [
@@ -189,23 +195,26 @@ class DownBlock(nn.Module):
   norm_eps: float = 1e-5
   downsample_padding: int = 1
   attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None
   remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.out_channels
     resnet = layers.maybe_remat(ResnetBlock, self.remat)
-    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
+                           dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
       self.attentions = [
           SpatialTransformer(c, self.num_heads, self.transformer_depth,
                              self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, remat=self.remat,
-                             dtype=self.dtype)
+                             attention_impl=self.attention_impl, conv_impl=self.conv_impl,
+                             remat=self.remat, dtype=self.dtype)
           for _ in range(self.num_layers)]
     if self.add_downsample:
-      self.downsamplers = [Downsample(c, self.downsample_padding, dtype=self.dtype)]
+      self.downsamplers = [Downsample(c, self.downsample_padding, self.conv_impl,
+                                      dtype=self.dtype)]
 
   def __call__(self, x, temb=None, context=None):
     skips = []
@@ -230,19 +239,21 @@ class MidBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None
   remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.channels
     resnet = layers.maybe_remat(ResnetBlock, self.remat)
-    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
+                           dtype=self.dtype)
                     for _ in range(self.num_layers + 1)]
     self.attentions = [
         SpatialTransformer(c, self.num_heads, self.transformer_depth, self.use_linear_projection,
                            self.norm_num_groups, self.norm_eps,
-                           attention_impl=self.attention_impl, remat=self.remat,
-                           dtype=self.dtype)
+                           attention_impl=self.attention_impl, conv_impl=self.conv_impl,
+                           remat=self.remat, dtype=self.dtype)
         for _ in range(self.num_layers)]
 
   def __call__(self, x, temb, context):
@@ -265,23 +276,25 @@ class UpBlock(nn.Module):
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
   attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None
   remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
   dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.out_channels
     resnet = layers.maybe_remat(ResnetBlock, self.remat)
-    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, dtype=self.dtype)
+    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
+                           dtype=self.dtype)
                     for _ in range(self.num_layers)]
     if self.num_heads is not None:
       self.attentions = [
           SpatialTransformer(c, self.num_heads, self.transformer_depth,
                              self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, remat=self.remat,
-                             dtype=self.dtype)
+                             attention_impl=self.attention_impl, conv_impl=self.conv_impl,
+                             remat=self.remat, dtype=self.dtype)
           for _ in range(self.num_layers)]
     if self.add_upsample:
-      self.upsamplers = [Upsample(c, dtype=self.dtype)]
+      self.upsamplers = [Upsample(c, self.conv_impl, dtype=self.dtype)]
 
   def __call__(self, x, skips: Optional[Sequence[Any]] = None, temb=None, context=None,
                upsample_size=None):
