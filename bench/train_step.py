@@ -252,8 +252,9 @@ def _vs_torch(peer, our_step_s: float) -> dict:
           'ratio_vs_torch': round(our_step_s / torch_s, 3)}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def argument_parser(description: str) -> argparse.ArgumentParser:
+  """The bench's flags: what to build, how big, and the settings it runs under."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--model', default='DiT-S/2')
   parser.add_argument('--method', default='sddit', choices=['sddit', 'dit', 'diffdis', 'unet'])
   parser.add_argument('--size', default='tiny', help="diffdis, unet: 'tiny' (demo) or 'sd15'")
@@ -280,7 +281,11 @@ def main():
   parser.add_argument('--xla-opt-level', type=int, default=-1,
                       help="XLA's backend optimisation level for our step (-1: its default; "
                            '0: what the tests use, a quicker compile, a slower step)')
-  args = parser.parse_args()
+  return parser
+
+
+def main():
+  args = argument_parser(__doc__.splitlines()[0]).parse_args()
 
   device = jax.devices()[0]
   kind = getattr(device, 'device_kind', str(device))

@@ -87,8 +87,8 @@ def sd15_unet() -> ml_collections.ConfigDict:
       layers_per_block=2, attention_head_dim=8, transformer_layers_per_block=1,
       norm_num_groups=32, use_linear_projection=False,
       # attention: None ('einsum' on CPU, else jax's pick) | 'einsum' | 'xla' | 'cudnn';
-      # convolutions: None (im2col on CPU for small maps with many channels, else XLA's) |
-      # 'xla' | 'im2col' (nn/convolution.py);
+      # convolutions: None (on CPU im2col for 1x1 and for small maps with many channels,
+      # else XLA's) | 'xla' | 'im2col' (nn/convolution.py);
       # remat: 'none' | 'full' | 'dots' for every ResNet and transformer block (common.py)
       attention_impl=config_dict.placeholder(str), conv_impl=config_dict.placeholder(str),
       remat='none'))

@@ -69,7 +69,7 @@ def _primitives(fn, *args):
   return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
 
 
-def test_default_uses_im2col_on_cpu_only_for_small_maps_with_many_channels():
+def test_default_uses_im2col_on_cpu_for_1x1_and_small_maps_with_many_channels():
   assert jax.default_backend() == 'cpu'
   auto = convolution.conv_general_dilated(None)
   pad = ((1, 1), (1, 1))
@@ -81,6 +81,9 @@ def test_default_uses_im2col_on_cpu_only_for_small_maps_with_many_channels():
   assert 'dot_general' in _primitives(conv, *small_map)
   assert 'conv_general_dilated' not in _primitives(conv, *small_map)
   assert 'conv_general_dilated' in _primitives(conv, *big_map)
+  # a 1x1 kernel is a matrix product on any map
+  no_pad = lambda x, w: auto(x, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=NHWC)
+  assert 'conv_general_dilated' not in _primitives(no_pad, big_map[0], jnp.zeros((1, 1, 8, 16)))
   # the rule counts output positions: stride 2 on 16x16 leaves 64 <= 64 channels
   assert convolution.prefers_im2col((1, 16, 16, 8), (3, 3, 8, 64), (2, 2), pad)
   assert not convolution.prefers_im2col((1, 16, 16, 8), (3, 3, 8, 64), (1, 1), pad)

@@ -136,3 +136,28 @@ def test_baselines_are_configurations():
                                      model=model, config=maskdit)
   assert float(loss) == pytest.approx(
       float(metrics['gen_loss'] + 0.1 * metrics['masked_recon_loss']), rel=1e-5)
+
+
+class _NanGradient:
+  """sddit plus a term worth 0 whose gradient is nan: the loss stays finite, one leaf's
+  gradient does not."""
+
+  def __getattr__(self, name):
+    return getattr(sddit, name)
+
+  @staticmethod
+  def loss_fn(params, *args, **kwargs):
+    loss, aux = sddit.loss_fn(params, *args, **kwargs)
+    leaf = jax.tree.leaves(params)[0]
+    return loss + 0.0 * jnp.sqrt(0.0 * jnp.sum(leaf)), aux
+
+
+def test_step_with_a_finite_loss_and_a_nan_gradient_is_skipped():
+  config = tiny_sddit_config()
+  model, tx, state, batch = _setup(config)
+  step = jax.jit(step_lib.make_train_step(model, tx, _NanGradient(), config))
+  new, metrics = step(state, batch)
+  assert np.isfinite(float(metrics['loss']))
+  assert int(metrics['finite']) == 0 and int(new.skipped_steps) == 1 and int(new.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+  jax.tree.map(np.testing.assert_array_equal, new.opt_state, state.opt_state)

@@ -4,8 +4,8 @@
 `nn.Conv` in place of `lax.conv_general_dilated` (same signature, so parameters, names and
 weight conversion do not change). `implementation`:
 
-  None      'im2col' on the CPU backend when the convolution has no more output positions
-            (batch x height x width) than output channels, else 'xla'
+  None      'im2col' on the CPU backend for a 1x1 kernel, or when the convolution has no
+            more output positions (batch x height x width) than output channels; else 'xla'
   'xla'     `lax.conv_general_dilated`: XLA's own convolution (cuDNN on GPU, the MXU on TPU)
   'im2col'  `im2col_conv` below: the kh*kw shifted views of the input side by side on the
             channel axis, then one matrix product with the kernel reshaped to
@@ -17,8 +17,10 @@ at batch 1, a 3x3 1280->1280 convolution's forward and backward on a 4x4 map too
 XLA and 49 ms in PyTorch 2.13, and 33 ms as im2col (docs/results.md; `bench/conv.py`). There
 the kernel, not the activation, is the big operand, so the matrix product runs near the
 CPU's peak and the patches cost no more memory than the kernel does. On big maps with few
-channels (the VAE, the early levels at larger batches) XLA's convolution wins and the
-patches would hold kh*kw copies of the input, so `None` keeps XLA there.
+channels (the VAE, the early levels at larger batches) XLA's 3x3 convolution wins and the
+patches would hold kh*kw copies of the input, so `None` keeps XLA there. A 1x1 kernel has no
+patches to build: it is a plain matrix product, which beat XLA's 1x1 convolution 1.3 to 2.9
+times on every shape measured, up to 128x128 maps and batch 32.
 """
 from __future__ import annotations
 
@@ -89,13 +91,16 @@ def im2col_conv(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=N
 
 
 def prefers_im2col(lhs_shape, rhs_shape, window_strides, padding) -> bool:
-  """The `None` rule: the CPU backend, and no more output positions than output channels
-  (so the patch matrix is no larger than the kernel matrix)."""
+  """The `None` rule: the CPU backend, and a 1x1 kernel (patches are the input itself) or no
+  more output positions than output channels (the patch matrix is no larger than the
+  kernel matrix)."""
   if jax.default_backend() != 'cpu':
     return False
   pairs = _pairs(padding, 2)
   if pairs is None:
     return False
+  if tuple(rhs_shape[:2]) == (1, 1):
+    return True
   positions = lhs_shape[0]
   for size, k, s, (lo, hi) in zip(lhs_shape[1:3], rhs_shape[:2], window_strides, pairs):
     positions *= (size + lo + hi - k) // s + 1
