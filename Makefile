@@ -39,6 +39,8 @@ bench: $(VENV)/.test
 	XLA_FLAGS= $(BIN)/python bench/train_step.py --model=DiT-S/2 --method=dit --batch=8 --vs-torch
 	XLA_FLAGS= $(BIN)/python bench/train_step.py --model=DiT-S/2 --method=sddit --batch=8
 	XLA_FLAGS= $(BIN)/python bench/train_step.py --method=diffdis --size=tiny --batch=32 --vs-torch
+	XLA_FLAGS= $(BIN)/python bench/conv.py --size=tiny --batch=32 --vs-torch
+	XLA_FLAGS= $(BIN)/python bench/conv.py --size=sd15 --latent=32 --batch=1 --vs-torch
 
 clean:
 	rm -rf $(VENV)
