@@ -1,5 +1,9 @@
 """nn/convolution.py: the im2col lowering equals XLA's convolution, values and gradients, and
 the default picks it only where it is meant to."""
+import collections
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +15,7 @@ from diffdis_jax import validate
 from diffdis_jax.nn import convolution, layers
 from diffdis_jax.nn.unet import UNet2DCondition
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 # (input shape, kernel size, output channels, stride, (lo, hi) padding per spatial axis)
@@ -66,7 +71,18 @@ def test_im2col_defers_to_lax_where_it_does_not_apply():
 
 
 def _primitives(fn, *args):
-  return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+  """Every primitive of fn's jaxpr, nested jaxprs (jit, remat) included."""
+  names, todo = set(), [jax.make_jaxpr(fn)(*args).jaxpr]
+  while todo:
+    for eqn in todo.pop().eqns:
+      names.add(eqn.primitive.name)
+      for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+          if isinstance(item, jax.extend.core.ClosedJaxpr):
+            todo.append(item.jaxpr)
+          elif isinstance(item, jax.extend.core.Jaxpr):
+            todo.append(item)
+  return names
 
 
 def test_default_uses_im2col_on_cpu_for_1x1_and_small_maps_with_many_channels():
@@ -100,6 +116,8 @@ def test_conv_layer_parameters_do_not_depend_on_the_implementation():
   params = make('xla').init(jax.random.PRNGKey(0), x)
   assert jax.tree.structure(make('im2col').init(jax.random.PRNGKey(0), x)) == \
       jax.tree.structure(params)
+  assert 'conv_general_dilated' not in _primitives(make('im2col').apply, params, x)
+  assert 'conv_general_dilated' in _primitives(make('xla').apply, params, x)
   np.testing.assert_allclose(make('im2col').apply(params, x), make('xla').apply(params, x),
                              rtol=1e-5, atol=1e-5)
 
@@ -113,6 +131,9 @@ def test_unet_gives_the_same_output_and_gradients_with_either_convolution():
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 4)), jnp.float32)
   context = jnp.asarray(rng.standard_normal((2, 5, 12)), jnp.float32)
   params = unet('xla').init(jax.random.PRNGKey(0), x, 3.0, context)
+  primitives = lambda impl: _primitives(lambda p: unet(impl).apply(p, x, 3.0, context), params)
+  assert 'conv_general_dilated' not in primitives('im2col')
+  assert 'conv_general_dilated' in primitives('xla')
 
   def grads(impl):
     loss = lambda p: jnp.mean(unet(impl).apply(p, x, 3.0, context) ** 2)
@@ -130,3 +151,18 @@ def test_unknown_conv_impl_is_refused_in_one_line():
   with pytest.raises(validate.ConfigError, match='model.conv_impl') as error:
     validate.validate(config)
   assert '\n' not in str(error.value)
+
+
+def test_conv_bench_reads_every_convolution_off_the_sd15_unet():
+  """bench/conv.py's list is the model's: SD 1.5's UNet has 52 3x3 convolutions (conv_in,
+  44 in 22 ResNets, 3 down- and 3 upsamplers, conv_out) and 46 1x1 (14 ResNet shortcuts,
+  16 transformers' two projections)."""
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  import conv as conv_bench  # pylint: disable=g-import-not-at-top
+  import train_step  # pylint: disable=g-import-not-at-top
+  found = conv_bench.model_convolutions(train_step.diffdis_bench_config('sd15', 1, 32, 'none'))
+  by_kernel = collections.Counter()
+  for (_, kernel, _, _), count in found.items():
+    by_kernel[kernel[:2]] += count
+  assert by_kernel == {(3, 3): 52, (1, 1): 46}
+  assert found[((1, 4, 4, 1280), (3, 3, 1280, 1280), (1, 1), ((1, 1), (1, 1)))] == 11

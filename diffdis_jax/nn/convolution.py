@@ -13,8 +13,8 @@ weight conversion do not change). `implementation`:
 
 Why: XLA:CPU's convolution, and even more its input and kernel gradients, are slow when the
 feature map is small and the channels are many, which is most of an SD UNet's deep levels:
-at batch 1, a 3x3 1280->1280 convolution's forward and backward on a 4x4 map took 108 ms in
-XLA and 49 ms in PyTorch 2.13, and 33 ms as im2col (docs/results.md; `bench/conv.py`). There
+at batch 1, a 3x3 1280->1280 convolution's forward and backward on a 4x4 map took 105 ms in
+XLA, 42 ms in PyTorch 2.13 and 32 ms as im2col (`bench/conv.py`, docs/results.md). There
 the kernel, not the activation, is the big operand, so the matrix product runs near the
 CPU's peak and the patches cost no more memory than the kernel does. On big maps with few
 channels (the VAE, the early levels at larger batches) XLA's 3x3 convolution wins and the
