@@ -236,9 +236,16 @@ def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+def gelu(x):
+  """Exact GELU in PyTorch's form, x/2 * (1 + erf(x / sqrt 2)). jax.nn.gelu writes it with
+  erfc, which XLA:CPU expands into a polynomial about five times as long as erf's: the SD
+  UNet's GEGLU spent more time in it than in its products (docs/results.md, issue 9)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 ACTIVATIONS = {
     'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
-    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'gelu': gelu,
     'quick_gelu': quick_gelu,
     'silu': nn.silu,
 }
@@ -259,7 +266,7 @@ class Mlp(nn.Module):
       h = Dense(2 * self.hidden, ('embed', 'mlp'), kernel_init=self.kernel_init,
                 dtype=self.dtype, name='fc1')(x)
       h, gate = jnp.split(h, 2, axis=-1)
-      h = h * nn.gelu(gate, approximate=False)
+      h = h * gelu(gate)
     else:
       h = Dense(self.hidden, ('embed', 'mlp'), kernel_init=self.kernel_init, dtype=self.dtype,
                 name='fc1')(x)
