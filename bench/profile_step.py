@@ -1,7 +1,7 @@
 """Where a train step's time goes, op by op: a jax.profiler trace of the compiled step, summed.
 
-  XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true \
-      python bench/profile_step.py --method=unet --size=sd15 --latent=32 --batch=1 --optimizer=sgd
+  export XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true      # on CPU
+  python bench/profile_step.py --method=unet --size=sd15 --latent=32 --batch=1 --optimizer=sgd
   python bench/profile_step.py --model=DiT-S/2 --method=dit --batch=8
 
 Compiles the same step as bench/train_step.py (its flags), runs `--steps` steps under
