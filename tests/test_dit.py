@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffdis_jax.nn import layers
+from diffdis_jax.nn import token_ops
 from diffdis_jax.nn.dit import DIT_SIZES, DiTBlock, SDDiT, parse_dit_name
 
 
@@ -62,20 +62,20 @@ def test_dit_output_is_zero_at_init():
 def test_mask_gather_scatter_round_trip():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 5))
   keep = jnp.array([[0, 2, 9], [1, 3, 4], [5, 6, 7]])
-  kept = layers.gather_tokens(x, keep)
+  kept = token_ops.gather_tokens(x, keep)
   assert kept.shape == (3, 3, 5)
   np.testing.assert_array_equal(kept[1, 2], x[1, 4])
-  np.testing.assert_array_equal(layers.scatter_tokens(x, kept, keep), x)
-  zeros = layers.scatter_tokens(jnp.zeros_like(x), kept, keep)
+  np.testing.assert_array_equal(token_ops.scatter_tokens(x, kept, keep), x)
+  zeros = token_ops.scatter_tokens(jnp.zeros_like(x), kept, keep)
   np.testing.assert_array_equal(zeros[0, 9], x[0, 9])
   assert float(jnp.abs(zeros[0, 1]).sum()) == 0.0
 
 
 def test_patchify_round_trip_and_conv_order():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, 3))
-  tokens = layers.patchify(x, 4)
+  tokens = token_ops.patchify(x, 4)
   assert tokens.shape == (2, 6, 48)
-  np.testing.assert_array_equal(layers.unpatchify(tokens, 4, 8, 12), x)
+  np.testing.assert_array_equal(token_ops.unpatchify(tokens, 4, 8, 12), x)
   # token 1 is the patch at row 0, columns 4..7, flattened (row, column, channel)
   np.testing.assert_array_equal(tokens[0, 1], x[0, 0:4, 4:8, :].reshape(-1))
 

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffdis_jax.nn import layers
+from diffdis_jax.nn import layers, token_ops
 from diffdis_jax.nn.heads import ProjectionHead
 
 # depth, width, heads (DiT paper, Table 1)
@@ -109,11 +109,11 @@ class SDDiT(nn.Module):
     block = layers.maybe_remat(DiTBlock, self.remat)
     grid = self.input_size // self.patch
     kw = dict(attention_impl=self.attention_impl, dtype=self.dtype)
-    self.x_embedder = layers.PatchEmbed(self.patch, self.width, dtype=self.dtype)
+    self.x_embedder = token_ops.PatchEmbed(self.patch, self.width, dtype=self.dtype)
     self.t_embedder = layers.TimestepEmbedder(self.width, freq_shift=self.time_freq_shift,
                                               dtype=self.dtype)
     self.y_embedder = layers.LabelEmbedder(self.num_classes, self.width, dtype=self.dtype)
-    self.pos_embed = jnp.asarray(layers.sincos_2d(self.width, grid, grid))[None]
+    self.pos_embed = jnp.asarray(token_ops.sincos_2d(self.width, grid, grid))[None]
     split = self.decoder_mode == 'split'
     n_encoder = self.depth - self.decoder_depth if split else self.depth
     self.encoder_blocks = [block(self.width, self.num_heads, self.mlp_ratio, **kw,
@@ -127,7 +127,7 @@ class SDDiT(nn.Module):
     if not split:
       self.decoder_norm = layers.LayerNorm(dtype=self.dtype)
       self.decoder_embed = layers.Dense(dec_width, ('embed', 'embed_out'), dtype=self.dtype)
-      self.decoder_pos_embed = jnp.asarray(layers.sincos_2d(dec_width, grid, grid))[None]
+      self.decoder_pos_embed = jnp.asarray(token_ops.sincos_2d(dec_width, grid, grid))[None]
     if self.infill == 'mask_token':
       self.mask_token = self.param('mask_token',
                                    layers.partitioned(nn.initializers.normal(0.02),
@@ -156,7 +156,7 @@ class SDDiT(nn.Module):
   def _encode(self, x, t, y, keep_idx):
     tokens, c = self._embed(x, t, y)
     h = tokens if keep_idx is None else layers.constrain(
-        layers.gather_tokens(tokens, keep_idx), layers.TOKENS)
+        token_ops.gather_tokens(tokens, keep_idx), layers.TOKENS)
     for blk in self.encoder_blocks:
       h = blk(h, c)
     return h, tokens, c
@@ -165,13 +165,13 @@ class SDDiT(nn.Module):
     if keep_idx is not None:
       fill = tokens if self.infill == 'noisy' else jnp.broadcast_to(
           self.mask_token.astype(self.dtype), tokens.shape)
-      h = layers.constrain(layers.scatter_tokens(fill, h, keep_idx), layers.TOKENS)
+      h = layers.constrain(token_ops.scatter_tokens(fill, h, keep_idx), layers.TOKENS)
     if self.decoder_mode == 'separate':
       h = self.decoder_embed(self.decoder_norm(h)) + self.decoder_pos_embed.astype(self.dtype)
     for blk in self.decoder_blocks:
       h = blk(h, c)
     out = layers.constrain(self.final_layer(h, c), layers.TOKENS)
-    out = layers.unpatchify(out, self.patch, self.input_size, self.input_size)
+    out = token_ops.unpatchify(out, self.patch, self.input_size, self.input_size)
     return layers.constrain(out, layers.IMAGE)
 
   def forward_with_tokens(self, x, t, y, keep_idx=None):

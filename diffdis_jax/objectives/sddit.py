@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from diffdis_jax.diffusion import edm
-from diffdis_jax.nn import layers
+from diffdis_jax.nn import layers, token_ops
 
 SHARED_ENCODER_KEYS = ('x_embedder', 't_embedder', 'y_embedder', 'projection_head')
 
@@ -63,7 +63,7 @@ def keep_mask(keep_idx, batch: int, num_tokens: int):
   """(batch, tokens) float32: 1 at kept (visible) positions."""
   if keep_idx is None:
     return jnp.ones((batch, num_tokens), jnp.float32)
-  return layers.scatter_tokens(jnp.zeros((batch, num_tokens, 1)), jnp.ones(keep_idx.shape + (1,)),
+  return token_ops.scatter_tokens(jnp.zeros((batch, num_tokens, 1)), jnp.ones(keep_idx.shape + (1,)),
                                keep_idx)[..., 0]
 
 
@@ -125,7 +125,7 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
   denoised = (edm.per_sample(c_skip, x0) * x_s
               + edm.per_sample(c_out, x0) * net_out.astype(jnp.float32))
   per_pixel = edm.per_sample(edm.loss_weight(sigma_s, e.sigma_data), x0) * (denoised - x0) ** 2
-  per_patch = layers.patchify(per_pixel, model.patch).mean(-1)  # (batch, tokens)
+  per_patch = token_ops.patchify(per_pixel, model.patch).mean(-1)  # (batch, tokens)
   gen_weights = visible if s.gen_loss_tokens == 'visible' else jnp.ones_like(visible)
   gen_loss = _masked_mean(per_patch, gen_weights)
   loss = gen_loss
@@ -161,7 +161,7 @@ def _discrimination(params, aux, student_tokens, x0, noise, sigma_s, labels,
   t_tokens = model.apply(teacher_vars, edm.per_sample(c_in_t, x0) * x_t, c_noise_t, labels,
                          method='encode')
   if keep_idx is not None:
-    t_tokens = layers.constrain(layers.gather_tokens(t_tokens, keep_idx), layers.TOKENS)
+    t_tokens = layers.constrain(token_ops.gather_tokens(t_tokens, keep_idx), layers.TOKENS)
   t_tokens = jax.lax.stop_gradient(t_tokens)
 
   temp_t = teacher_temperature(step, config)

@@ -14,7 +14,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.nn import layers
+from diffdis_jax.nn import token_ops
 from diffdis_jax.nn.dit import SDDiT, parse_dit_name
 from diffdis_jax.weights.convert import (check_config, config_value, convert_state_dict,
                                          expected_params)
@@ -40,7 +40,7 @@ def _build(state_dict, rules, special, ignore, what, **fields):
 
 def _patch_embed(prefix: str, target: tuple[str, ...]):
   """A special() for the patch-embedding conv: (out, in, p, p) -> Dense on patchified input
-  (`layers.patchify` orders a patch as row, column, channel, like an HWIO kernel)."""
+  (`token_ops.patchify` orders a patch as row, column, channel, like an HWIO kernel)."""
   def special(key, value):
     if key == f'{prefix}.weight':
       return [(target + ('dense', 'kernel'),
@@ -145,7 +145,7 @@ def from_official_dit(state_dict: Mapping[str, np.ndarray], model: str, *, input
   elif input_size is None:
     raise ValueError('pos_embed absent from the state dict: pass input_size (latent side)')
   grid = input_size // patch
-  pos_embed = layers.sincos_2d(width, grid, grid)[None]
+  pos_embed = token_ops.sincos_2d(width, grid, grid)[None]
 
   def special(key, value):
     if key == 'pos_embed':  # a fixed table: check it is ours instead of importing it
