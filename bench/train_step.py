@@ -275,6 +275,8 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
                       help='model.remat: what each block keeps for its backward')
   parser.add_argument('--optimizer', default='adamw', choices=['adamw', 'sgd'],
                       help="sgd: no optimizer state, where AdamW's two moments do not fit")
+  parser.add_argument('--mask-ratio', type=float, default=None,
+                      help="sddit: sddit.mask_ratio (default: the config's, 0.2)")
   parser.add_argument('--sample', action='store_true',
                       help='dit/sddit: also time EDM sampling (18 Heun steps, guidance 1.5)')
   parser.add_argument('--vs-torch', action='store_true')
@@ -286,6 +288,9 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 
 def main():
   args = argument_parser(__doc__.splitlines()[0]).parse_args()
+  if args.mask_ratio is not None and (args.method != 'sddit' or not 0 <= args.mask_ratio < 1):
+    raise SystemExit(f'--mask-ratio applies to --method=sddit and lies in [0, 1); got '
+                     f'{args.mask_ratio} with --method={args.method}')
 
   device = jax.devices()[0]
   kind = getattr(device, 'device_kind', str(device))
@@ -298,6 +303,8 @@ def main():
     print(json.dumps({**bench_unet(args), **machine}))
     return
   config = apply_flags(bench_config(args.model, args.method, args.batch), args)
+  if args.mask_ratio is not None:
+    config.sddit.mask_ratio = args.mask_ratio
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   flops = costs.sddit_flops(build.build_model(config), config)
@@ -305,7 +312,8 @@ def main():
   peak = costs.peak_flops(kind) if args.dtype == 'bfloat16' else None
   record = {
       'bench': 'train_step', 'model': args.model, 'method': args.method, 'batch': args.batch,
-      **_flag_fields(args), **_rounded(ours), 'images_per_s': round(images_per_s, 2),
+      'mask_ratio': config.sddit.mask_ratio, **_flag_fields(args), **_rounded(ours),
+      'images_per_s': round(images_per_s, 2),
       'model_flops_per_image': flops['train_flops_per_image'],
       'model_tflops_per_s': round(flops['train_flops_per_image'] * images_per_s / 1e12, 3),
       'mfu': round(flops['train_flops_per_image'] * images_per_s / peak, 4) if peak else None,

@@ -1,0 +1,41 @@
+"""bench/flops.py: SD-DiT's analytic cost against DiT's, the table behind issue 9's step target."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
+import costs  # noqa: E402  pylint: disable=wrong-import-position
+import flops  # noqa: E402  pylint: disable=wrong-import-position
+from train_step import bench_config  # noqa: E402  pylint: disable=wrong-import-position
+
+from diffdis_jax import build  # noqa: E402
+
+
+def test_rows_match_the_cost_model_and_fall_with_the_mask_ratio():
+  ratios = (0.0, 0.2, 0.5)
+  rows = flops.table('DiT-S/2', ratios, ['separate', 'split:2'])
+  assert rows[0]['method'] == 'dit' and rows[0]['ratio_vs_dit'] == 1.0
+  # the default SD-DiT config (mask 0.2, MaskDiT decoder) is the 'separate', 0.2 row
+  config = bench_config('DiT-S/2', 'sddit', batch=1)
+  default = costs.sddit_flops(build.build_model(config), config)['train_flops_per_image']
+  separate = [r for r in rows[1:] if r['decoder'].startswith('separate')]
+  assert [r['mask_ratio'] for r in separate] == list(ratios)
+  assert separate[1]['train_flops_per_image'] == pytest.approx(default / 1e9, abs=0.01)
+  for decoder in ('separate', 'split:2'):
+    series = [r['ratio_vs_dit'] for r in rows[1:] if r['decoder'].startswith(decoder)]
+    assert series == sorted(series, reverse=True) and len(set(series)) == 3
+  # every row adds a teacher forward; at mask 0 the student alone costs at least DiT's pass
+  assert all(r['teacher_forward_flops'] > 0 for r in rows[1:])
+  assert all(r['ratio_vs_dit'] > 1.0 for r in rows[1:] if r['mask_ratio'] == 0.0)
+
+
+def test_a_bad_decoder_spec_is_one_line_before_anything_is_built():
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'flops.py'),
+                           '--model=DiT-S/2', '--decoders=separate,split'],
+                          capture_output=True, text=True, check=False)
+  assert result.returncode != 0 and result.stdout == ''
+  assert result.stderr.strip().splitlines() == [
+      "--decoders: each entry is 'separate' or 'split:N', got 'split'"]
