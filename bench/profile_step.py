@@ -40,6 +40,9 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # path components that are jax's own wrappers, not flax modules
 _JAX_WORDS = re.compile(r'^(jit|jvp|transpose|vmap|remat|checkpoint|pjit|while|body|cond|'
                         r'closed_call|custom_jvp_call|custom_vjp_call|rematted_computation)\b')
+# the model's entry point: jvp(DiffDisUNet), or jvp(DiffDisUNet.predict_text) for a method
+_MODEL_CALL = re.compile(r'jvp\(([A-Z][\w.]*)\)')
+_METHOD_CALL = re.compile(r'^[A-Z]\w*\.')
 _HEAVY = ('convolution', 'dot', 'reduce')  # what a fusion is labelled by, first found
 
 
@@ -77,13 +80,19 @@ def hlo_index(hlo_text: str) -> dict:
 
 def attribute(op_name: str) -> tuple[str, str]:
   """(where, pass) of an op_name. Inside the model: the innermost two module names, indices
-  dropped, so that every ResNet's conv1 sums together. Outside it (loss, optimizer, EMA,
-  the non-finite guard): the last two names of the path. 'backward' under a transpose."""
+  dropped, so that every ResNet's conv1 sums together, and prefixed with the method where
+  the model was applied through one (`predict_text: conv1/conv`). Outside it (loss,
+  optimizer, EMA, the non-finite guard): the last two names of the path. 'backward' under a
+  transpose."""
   parts = [p for p in op_name.split('/') if p and not _JAX_WORDS.match(p)]
-  in_model = re.search(r'jvp\([A-Z]\w*\)', op_name)
+  in_model = _MODEL_CALL.search(op_name)
   if in_model:
-    modules = [re.sub(r'_\d+$', '', p) for p in parts[:-1]]
+    # `Class.method` components are method calls (e.g. DiffDisUNet._down_mid), not modules
+    modules = [re.sub(r'_\d+(?=$|\.)', '', p) for p in parts[:-1] if not _METHOD_CALL.match(p)]
     where = '/'.join(modules[-2:]) or (parts[-1] if parts else '(model)')
+    method = in_model.group(1).partition('.')[2]
+    if method:  # a second entry point into the model (DiffDis' predict_text pass)
+      where = f'{method}: {where}'
   else:
     where = 'step: ' + '/'.join(parts[-2:]) if parts else '(XLA-made, no metadata)'
   return where, 'backward' if 'transpose(' in op_name else 'forward'

@@ -34,5 +34,8 @@ def test_attribute_drops_indices_and_names_work_outside_the_model():
   name = ('jit(train_step)/transpose(jvp(DiffDisUNet))/up_blocks_1/resnets_0/conv1/conv/'
           'conv_general_dilated')
   assert profile_step.attribute(name) == ('conv1/conv', 'backward')
+  name = ('jit(train_step)/transpose(jvp(DiffDisUNet.predict_text))/DiffDisUNet._down_mid/'
+          'DiffDisUNet._attend/attentions_1.from_tokens/proj_out/conv/dot_general')
+  assert profile_step.attribute(name) == ('predict_text: proj_out/conv', 'backward')
   assert profile_step.attribute('jit(train_step)/jit(_where)/select_n') == \
       ('step: select_n', 'forward')
