@@ -38,7 +38,6 @@ if [ "${SUITE_SMOKE:-0}${SUITE_DRY:-0}" = 00 ] && [ -d workdirs/wheels ] && ls w
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 PY=${PY:-python3}
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 
 if [ "${SUITE_SMOKE:-0}" = 1 ]; then   # toy sizes on whatever backend is here
   XL=DiT-S/2; BATCH=2; BIG=4; DTYPE=float32; ATTN=; STEPS="--steps=1 --warmup=1"

@@ -291,6 +291,8 @@ def main():
   if args.mask_ratio is not None and (args.method != 'sddit' or not 0 <= args.mask_ratio < 1):
     raise SystemExit(f'--mask-ratio applies to --method=sddit and lies in [0, 1); got '
                      f'{args.mask_ratio} with --method={args.method}')
+  if args.vs_torch:  # the peer shares the GPU: without this JAX takes 75% of it at start
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
   device = jax.devices()[0]
   kind = getattr(device, 'device_kind', str(device))
