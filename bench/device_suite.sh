@@ -4,10 +4,10 @@
 #
 # Here, once per checkout:  bash bench/device_wheels.sh   (the packages the GPU image lacks)
 # There (the `run` tool, carry=["workdirs/wheels"]):
-#   bash bench/device_suite.sh dit sddit          # the two goals, ~5 min with compiles
-#   bash bench/device_suite.sh masks diffdis      # the rest
+#   bash bench/device_suite.sh dit sddit          # the two goals (guessed ~5 min, not yet run)
+#   bash bench/device_suite.sh masks remat diffdis  # the rest, in a second call
 # Here, to check the script itself on the CPU at toy sizes:
-#   SUITE_SMOKE=1 OUT=/tmp/suite bash bench/device_suite.sh dit
+#   SUITE_SMOKE=1 PY=.venv/bin/python OUT=/tmp/suite bash bench/device_suite.sh dit
 # SUITE_DRY=1 prints each bench/train_step.py command line instead of running it (the tests
 # parse them, so a renamed flag fails here rather than on the device).
 #
