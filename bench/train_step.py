@@ -237,7 +237,13 @@ def _flag_fields(args) -> dict:
 
 
 def apply_flags(config, args):
-  """The bench's --dtype, --remat, --attention and (UNet models) --conv on a config."""
+  """The bench's --dtype, --remat, --attention, (UNet models) --conv and (sddit) --mask-ratio
+  on a config; bench/profile_step.py shares it, so every flag means the same in both."""
+  if args.mask_ratio is not None:
+    if args.method != 'sddit' or not 0 <= args.mask_ratio < 1:
+      raise SystemExit(f'--mask-ratio applies to --method=sddit and lies in [0, 1); got '
+                       f'{args.mask_ratio} with --method={args.method}')
+    config.sddit.mask_ratio = args.mask_ratio
   config.compute_dtype, config.model.remat = args.dtype, args.remat
   config.model.attention_impl = args.attention
   if 'conv_impl' in config.model:
@@ -288,9 +294,6 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 
 def main():
   args = argument_parser(__doc__.splitlines()[0]).parse_args()
-  if args.mask_ratio is not None and (args.method != 'sddit' or not 0 <= args.mask_ratio < 1):
-    raise SystemExit(f'--mask-ratio applies to --method=sddit and lies in [0, 1); got '
-                     f'{args.mask_ratio} with --method={args.method}')
   if args.vs_torch:  # the peer shares the GPU: without this JAX takes 75% of it at start
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
@@ -305,8 +308,6 @@ def main():
     print(json.dumps({**bench_unet(args), **machine}))
     return
   config = apply_flags(bench_config(args.model, args.method, args.batch), args)
-  if args.mask_ratio is not None:
-    config.sddit.mask_ratio = args.mask_ratio
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   flops = costs.sddit_flops(build.build_model(config), config)
