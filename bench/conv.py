@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import timing  # noqa: E402  (bench/timing.py)
-from diffdis_jax.build import unet_fields  # noqa: E402
+from diffdis_jax.tasks.diffdis.model import unet_fields  # noqa: E402
 from diffdis_jax.nn import convolution  # noqa: E402
 from diffdis_jax.nn.unet import UNet2DCondition  # noqa: E402
 from train_step import diffdis_bench_config  # noqa: E402  (bench/train_step.py)

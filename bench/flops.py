@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import costs  # noqa: E402  (bench/costs.py)
-from diffdis_jax import build  # noqa: E402
+from diffdis_jax.tasks import make_task  # noqa: E402
 from train_step import bench_config  # noqa: E402  (bench/train_step.py)
 
 
@@ -38,7 +38,7 @@ def flops_row(model_name: str, mask_ratio: float, decoder: str, dit_flops: float
   config.model.decoder_mode = mode
   if depth is not None:
     config.model.decoder_depth = depth
-  flops = costs.sddit_flops(build.build_model(config), config)
+  flops = costs.sddit_flops(make_task(config).build_model(), config)
   return {'bench': 'flops', 'model': model_name, 'method': 'sddit', 'mask_ratio': mask_ratio,
           'decoder': decoder if mode == 'split' else f'separate:{config.model.decoder_depth}x'
                                                      f'{config.model.decoder_width}',
@@ -48,7 +48,7 @@ def flops_row(model_name: str, mask_ratio: float, decoder: str, dit_flops: float
 
 def table(model_name: str, mask_ratios, decoders):
   dit_config = bench_config(model_name, 'dit', batch=1)
-  dit = costs.sddit_flops(build.build_model(dit_config), dit_config)['train_flops_per_image']
+  dit = costs.sddit_flops(make_task(dit_config).build_model(), dit_config)['train_flops_per_image']
   rows = [{'bench': 'flops', 'model': model_name, 'method': 'dit',
            'train_flops_per_image': round(dit / 1e9, 2), 'ratio_vs_dit': 1.0}]
   rows += [flops_row(model_name, m, d, dit) for d in decoders for m in mask_ratios]

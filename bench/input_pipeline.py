@@ -35,6 +35,7 @@ from diffdis_jax.data import imagenet_latents as il  # noqa: E402
 from diffdis_jax.data import pipeline  # noqa: E402
 
 
+
 def write_latent_set(folder: str, examples: int, side: int = 32, per_shard: int = 1024):
   features = il.output_features(side, 4, 1000)
   rng = np.random.default_rng(0)
@@ -67,7 +68,7 @@ def bench_extraction(args) -> float:
   from diffdis_jax.nn.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
   vae = AutoencoderKL()  # SD's configuration
   params = jax.jit(vae.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  encoder = il.LatentEncoder(vae, params, args.extract_batch)
+  encoder = extract_latents.LatentEncoder(vae, params, args.extract_batch)
   rng = np.random.default_rng(0)
   jpegs = []
   for _ in range(args.extract_images):
@@ -81,7 +82,7 @@ def bench_extraction(args) -> float:
   with tempfile.TemporaryDirectory() as folder:
     t0 = time.perf_counter()
     n = il.write_records(os.path.join(folder, 'shard'), features,
-                         il.encoded(encoder, examples, args.image_size))
+                         extract_latents.encoded(encoder, examples, args.image_size))
     seconds = time.perf_counter() - t0
   return n / seconds
 

@@ -64,16 +64,16 @@ def main(argv):
                                      os.environ.get('XLA_FLAGS', '')) + ' ' + flag
   import jax
   from diffdis_jax.parallel import footprint
-  from diffdis_jax.train import loop
+  from diffdis_jax.modes.run import build_trainer
 
   config = _CONFIG.value
   if config is None:
     raise SystemExit('--config is required, e.g. --config=configs/sddit_xl.py')
   with config.unlocked():
     config.mesh.update(sizes)
-  # no validate.validate: the data need not exist to size the step (shapes come from the model)
+  # no modes.check_run: the data need not exist to size the step (shapes come from the model)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = loop.Trainer(config, workdir)
+    trainer = build_trainer(config, workdir)
     if _FAST.value and jax.devices()[0].platform == 'cpu':
       trainer.compiler_options = {'xla_backend_optimization_level': 0}
     mesh_lib.check_divisible(trainer.abstract_state, trainer.state_shardings)

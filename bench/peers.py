@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 
 import timing  # bench/timing.py
-from diffdis_jax.build import unet_fields
+from diffdis_jax.tasks.diffdis.model import unet_fields
 from diffdis_jax.nn.dit import parse_dit_name
 
 

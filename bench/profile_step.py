@@ -28,8 +28,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402  (bench/train_step.py)
-from diffdis_jax import build  # noqa: E402
-from diffdis_jax.objectives import get_objective  # noqa: E402
+from diffdis_jax.tasks import make_task  # noqa: E402
 from diffdis_jax.train import step as step_lib  # noqa: E402
 
 # `%name = <shape> opcode(...), ... calls=%comp, metadata={op_name="..."}` in the HLO text
@@ -127,10 +126,11 @@ def main():
     config = bench.bench_config(args.model, args.method, args.batch)
   config = bench.apply_flags(config, args)
 
-  model = build.build_model(config)
-  objective = get_objective(config.method)
+  task = make_task(config)
+  model = task.build_model()
+  objective = task.objective
   tx = bench.make_optimizer(config, args.optimizer)
-  init = jax.jit(lambda r: nn.unbox(step_lib.make_init_fn(model, tx, objective, config)(r)))
+  init = jax.jit(lambda r: nn.unbox(step_lib.make_init_fn(model, tx, objective, config, task.init_params)(r)))
   rng, batch = jax.random.PRNGKey(0), bench.random_batch(config)
   step = jax.jit(step_lib.make_train_step(model, tx, objective, config),
                  donate_argnums=0).lower(jax.eval_shape(init, rng), batch).compile(

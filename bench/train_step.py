@@ -49,8 +49,9 @@ import costs  # noqa: E402  (bench/costs.py)
 import peers  # noqa: E402  (bench/peers.py)
 import timing  # noqa: E402  (bench/timing.py)
 from configs import common, diffdis_common  # noqa: E402
-from diffdis_jax import build  # noqa: E402
-from diffdis_jax.objectives import get_objective  # noqa: E402
+from diffdis_jax.eval.diffdis_sampler import make_query_predictor  # noqa: E402
+from diffdis_jax.eval.sddit_sampler import make_sample_fn  # noqa: E402
+from diffdis_jax.tasks import make_task  # noqa: E402
 from diffdis_jax.train import step as step_lib  # noqa: E402
 
 
@@ -102,8 +103,7 @@ def _median_time(fn, steps: int, warmup: int):
 
 def time_zeroshot(config, state, steps: int, warmup: int):
   """Images per second of zero-shot classification's query prediction (the DDIM loop)."""
-  from diffdis_jax.eval.zeroshot import make_query_predictor  # pylint: disable=g-import-not-at-top
-  model = build.build_model(config)
+  model = make_task(config).build_model()
   predict = jax.jit(make_query_predictor(model, config))
   images = random_batch(config)['image']
   null_c = jnp.zeros((config.diffdis.context_length, config.diffdis.context_dim), jnp.float32)
@@ -137,10 +137,12 @@ def time_ours(config, steps: int, warmup: int, return_state: bool = False,
   step_s, compile_s, XLA's FLOP count and memory analysis (bench/costs.py), and the state
   when `return_state`.
   """
-  model = build.build_model(config)
-  objective = get_objective(config.method)
+  task = make_task(config)
+  model = task.build_model()
+  objective = task.objective
   tx = make_optimizer(config, optimizer)
-  init = jax.jit(lambda r: nn.unbox(step_lib.make_init_fn(model, tx, objective, config)(r)))
+  init = jax.jit(lambda r: nn.unbox(step_lib.make_init_fn(model, tx, objective, config,
+                                                         task.init_params)(r)))
   rng = jax.random.PRNGKey(0)
   batch = random_batch(config)
   t0 = time.perf_counter()
@@ -219,10 +221,9 @@ def bench_unet(args):
 
 def time_sampling(config, steps: int, warmup: int):
   """Images/s of class-conditional EDM sampling (config.sample: Heun, steps, guidance)."""
-  from diffdis_jax.eval.sample import make_sample_fn  # pylint: disable=g-import-not-at-top
-  from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
-  model = build.build_model(config)
-  init_params = make_task(config).init_params
+  task = make_task(config)
+  model = task.build_model()
+  init_params = task.init_params
   params = jax.jit(lambda r: nn.unbox(init_params(model, r)))(jax.random.PRNGKey(0))
   batch = random_batch(config)
   sample = jax.jit(make_sample_fn(model, config))
@@ -310,7 +311,7 @@ def main():
   config = apply_flags(bench_config(args.model, args.method, args.batch), args)
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
-  flops = costs.sddit_flops(build.build_model(config), config)
+  flops = costs.sddit_flops(make_task(config).build_model(), config)
   images_per_s = args.batch / ours['step_s']
   peak = costs.peak_flops(kind) if args.dtype == 'bfloat16' else None
   record = {

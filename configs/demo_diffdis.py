@@ -11,7 +11,7 @@ text-to-image grid (one row per digit prompt) under samples/.
 import ml_collections
 
 from configs import diffdis_common
-from diffdis_jax.data import captions_digits
+from diffdis_jax.data import digits_captions
 
 
 def get_config():
@@ -35,10 +35,10 @@ def get_config():
   d = c.diffdis
   d.text_dim = c.text_encoder.projection_dim
   d.context_dim = c.text_encoder.hidden_size
-  d.context_length = captions_digits.MAX_LENGTH
+  d.context_length = digits_captions.MAX_LENGTH
   d.head_blocks = 1
   d.positives = 'same_label'      # generated captions: every image of a digit shares content
-  d.zeroshot.templates = captions_digits.CLASS_TEMPLATES
+  d.zeroshot.templates = digits_captions.CLASS_TEMPLATES
   d.zeroshot.steps = 10
   d.sample.steps = 20
   d.sample.guidance = 3.0

@@ -54,7 +54,7 @@ def diffdis_defaults() -> ml_collections.ConfigDict:
   d.beta_end = 0.012
   d.beta_schedule = 'scaled_linear'
 
-  # -- zero-shot classification and retrieval (eval/zeroshot.py, §3.2) --
+  # -- zero-shot classification and retrieval (eval/diffdis_sampler.py, §3.2) --
   d.zeroshot = ml_collections.ConfigDict()
   d.zeroshot.steps = 20           # DDIM steps over e: unknown; the text signal is swamped
                                   # above small t, so few steps suffice
@@ -64,7 +64,7 @@ def diffdis_defaults() -> ml_collections.ConfigDict:
   d.zeroshot.templates = ('a photo of a {}.',)  # CLIP-style; ensembling = mean of unit vectors
   d.zeroshot.batch = 64           # images per predictor call (final evaluation, --mode=eval)
 
-  # -- text-to-image sampling (eval/sample_diffdis.py, §3.1) --
+  # -- text-to-image sampling (eval/diffdis_sampler.py, §3.1) --
   d.sample = ml_collections.ConfigDict()
   d.sample.steps = 50             # SD's usual DDIM setting
   d.sample.guidance = 7.5         # CFG on c: SD's usual scale
@@ -95,8 +95,9 @@ def sd15_unet() -> ml_collections.ConfigDict:
 
 
 def diffdis_eval() -> ml_collections.ConfigDict:
-  """config.eval of a DiffDis config: what --mode=eval reads (eval/diffdis_eval.py). The
-  predictor's settings (steps, guidance, seeds, batch) are diffdis.zeroshot's."""
+  """config.eval of a DiffDis config: what --mode=eval reads (tasks/diffdis/task.py) and the
+  final evaluation's sample count. The predictor's settings (steps, guidance, seeds, batch)
+  are diffdis.zeroshot's."""
   e = ml_collections.ConfigDict()
   # zero-shot suite (eval/zeroshot_suite.py): comma-separated names of
   # eval/zeroshot_classes.json ('cifar10,dtd'), 'all', or '' : none
@@ -107,6 +108,9 @@ def diffdis_eval() -> ml_collections.ConfigDict:
   # e.g. COCO's 5k test images with their 5 captions each; '' : none
   e.retrieval_shards = ''
   e.retrieval_max_pairs = 0       # captions read; 0: all
+  # captioned digits only: text-to-image samples of the class prompts scored at the end of
+  # training by the digits metric (fd_digits, sample_class_acc); 0: none
+  e.digits_samples = 0
   return e
 
 

@@ -6,7 +6,7 @@ image-text pair shards (data/captions.py: webdataset tars, TFRecord or ArrayReco
       --config.init.text_encoder=/path/to/clip-vit-large-patch14-text-with-projection
 
 Each step SD's VAE encodes the 512 px images and CLIP encodes the captions on the devices
-(data/frozen_encoders.py); both stay frozen. The text query e is CLIP's projected end-of-text
+(tasks/diffdis/pair_encoder.py); both stay frozen. The text query e is CLIP's projected end-of-text
 embedding, whose projection SD 1.5's text_encoder/ lacks: init.text_encoder names a
 transformers CLIPTextModelWithProjection folder of CLIP ViT-L/14 (the same text tower), or pass
 --config.diffdis.query=eot to use the unprojected state. The UNet weights go into the DiffDis

@@ -1,30 +1,17 @@
-"""The comparisons of issue 10 as code: per study, a base config, its scales and its variants.
+"""The seeded comparison studies as code: per method, a base config, its scales and variants.
 
 A variant is a name, one line saying what it is, and the config overrides that make it from
 the study's base config (`configs/demo.py` for SD-DiT, `configs/demo_diffdis.py` for
 DiffDis). Every variant of a study shares everything else: data, steps, batch, optimiser and
-seeds. `launch/study.py` runs them; docs/study.md explains the choices.
-
-A config is built in this order, later steps winning:
-  base config -> the scale's overrides -> total_steps (the budget) -> `--set` overrides
-  -> the variant's overrides -> seed
-so `--set` changes the shared base (e.g. a tiny model for a smoke test) and never undoes
-what makes a variant what it is.
+seeds. `launch/study.py` runs them; docs/study.md explains the choices, and
+diffdis_jax/study/spec.py the order in which a run's config is built.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
+from configs import demo, demo_diffdis
+from diffdis_jax.study.spec import Scale, Study, Variant
 
-STUDIES = ('sddit', 'diffdis')
 SCALES = ('cpu', 'gpu')
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  name: str
-  what: str
-  overrides: dict
 
 
 # The DiT and MaskDiT baselines are the configurations of README.md and docs/paper_notes.md
@@ -73,109 +60,50 @@ DIFFDIS_VARIANTS = (
             'loss, no diffusion of the text query', {'diffdis.align_mode': 'contrastive'}),
 )
 
-VARIANTS = {'sddit': SDDIT_VARIANTS, 'diffdis': DIFFDIS_VARIANTS}
-BASE_CONFIGS = {'sddit': 'configs/demo.py', 'diffdis': 'configs/demo_diffdis.py'}
-
-# What each study reports, with the better direction (for the table's header).
-METRICS = {
-    'sddit': (('fd_digits', 'lower'), ('sample_class_acc', 'higher')),
-    # fd_digits / sample_class_acc here are of text-to-image samples of the class prompts
-    'diffdis': (('zeroshot_top1', 'higher'), ('fd_digits', 'lower'),
-                ('sample_class_acc', 'higher')),
+STUDIES = {
+    'sddit': Study(
+        'sddit', 'configs/demo.py', demo.get_config, SDDIT_VARIANTS,
+        scales={
+            'cpu': Scale(
+                'configs/demo.py as shipped: 4+2 blocks of width 96, 16x16 digits, batch 32',
+                steps=1000, eval_fractions=(0.5, 1.0), samples=300, overrides={}),
+            'gpu': Scale(
+                'DiT-S/2 widths on 16x16 digits: 12+4 blocks of width 384, batch 128',
+                steps=10_000, eval_fractions=(0.25, 0.5, 1.0), samples=1000, overrides={
+                    'model.width': 384, 'model.depth': 12, 'model.num_heads': 6,
+                    'model.decoder_depth': 4, 'model.decoder_width': 256,
+                    'model.decoder_heads': 8, 'model.head.hidden': 1024,
+                    'model.head.bottleneck': 128, 'model.head.out_dim': 2048,
+                    'batch_size': 128, 'optim.lr': 5e-4, 'optim.warmup_steps': 500,
+                    'checkpoint_every': 2500, 'sample_every': 2500, 'log_every': 100,
+                    'sample.steps': 40}),
+        },
+        # what the study reports, with the better direction (for the table's header)
+        metrics=(('fd_digits', 'lower'), ('sample_class_acc', 'higher')),
+        metric_note='fd_digits (not FID: Fréchet distance in a digits classifier\'s features, '
+                    'against the held-out digits) and sample_class_acc of class-balanced '
+                    'samples (eval/digits_metric.py).'),
+    'diffdis': Study(
+        'diffdis', 'configs/demo_diffdis.py', demo_diffdis.get_config, DIFFDIS_VARIANTS,
+        scales={
+            'cpu': Scale(
+                'configs/demo_diffdis.py as shipped: channels 32/64 on 8x8 digits, batch 32',
+                steps=600, eval_fractions=(1.0,), samples=300, overrides={}),
+            'gpu': Scale(
+                '16x16 digits, channels 64/128, two resnets per level, batch 128',
+                steps=10_000, eval_fractions=(1.0,), samples=1000, overrides={
+                    'data.image_size': 16, 'model.input_size': 16,
+                    'model.block_out_channels': (64, 128), 'model.layers_per_block': 2,
+                    'model.attention_head_dim': 8, 'model.norm_num_groups': 32,
+                    'diffdis.head_blocks': 2, 'diffdis.zeroshot.steps': 20,
+                    'diffdis.sample.steps': 50, 'batch_size': 128, 'optim.lr': 5e-4,
+                    'optim.warmup_steps': 500, 'checkpoint_every': 2500,
+                    'sample_every': 2500, 'log_every': 100}),
+        },
+        # fd_digits / sample_class_acc here are of text-to-image samples of the class prompts
+        metrics=(('zeroshot_top1', 'higher'), ('fd_digits', 'lower'),
+                 ('sample_class_acc', 'higher')),
+        metric_note='zeroshot_top1 on the held-out digits, class prompts as candidates; '
+                    'fd_digits and sample_class_acc of text-to-image samples of the class '
+                    'prompts (tasks/diffdis/sources.py).'),
 }
-METRIC_NOTES = {
-    'sddit': 'fd_digits (not FID: Fréchet distance in a digits classifier\'s features, '
-             'against the held-out digits) and sample_class_acc of class-balanced samples '
-             '(eval/digits_metric.py).',
-    'diffdis': 'zeroshot_top1 on the held-out digits, class prompts as candidates; fd_digits '
-               'and sample_class_acc of text-to-image samples of the class prompts '
-               '(eval/t2i_digits.py).',
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-  what: str
-  steps: int                  # the budget: training steps of every run
-  eval_fractions: tuple       # metrics are taken at these fractions of `steps`
-  samples: int                # samples per generation metric (fd_digits depends on it)
-  overrides: dict
-
-
-SCALE_TABLE = {
-    ('sddit', 'cpu'): Scale(
-        'configs/demo.py as shipped: 4+2 blocks of width 96, 16x16 digits, batch 32',
-        steps=1000, eval_fractions=(0.5, 1.0), samples=300, overrides={}),
-    ('sddit', 'gpu'): Scale(
-        'DiT-S/2 widths on 16x16 digits: 12+4 blocks of width 384, batch 128',
-        steps=10_000, eval_fractions=(0.25, 0.5, 1.0), samples=1000, overrides={
-            'model.width': 384, 'model.depth': 12, 'model.num_heads': 6,
-            'model.decoder_depth': 4, 'model.decoder_width': 256, 'model.decoder_heads': 8,
-            'model.head.hidden': 1024, 'model.head.bottleneck': 128,
-            'model.head.out_dim': 2048, 'batch_size': 128, 'optim.lr': 5e-4,
-            'optim.warmup_steps': 500, 'checkpoint_every': 2500, 'sample_every': 2500,
-            'log_every': 100, 'sample.steps': 40}),
-    ('diffdis', 'cpu'): Scale(
-        'configs/demo_diffdis.py as shipped: channels 32/64 on 8x8 digits, batch 32',
-        steps=600, eval_fractions=(1.0,), samples=300, overrides={}),
-    ('diffdis', 'gpu'): Scale(
-        '16x16 digits, channels 64/128, two resnets per level, batch 128',
-        steps=10_000, eval_fractions=(1.0,), samples=1000, overrides={
-            'data.image_size': 16, 'model.input_size': 16,
-            'model.block_out_channels': (64, 128), 'model.layers_per_block': 2,
-            'model.attention_head_dim': 8, 'model.norm_num_groups': 32,
-            'diffdis.head_blocks': 2, 'diffdis.zeroshot.steps': 20,
-            'diffdis.sample.steps': 50, 'batch_size': 128, 'optim.lr': 5e-4,
-            'optim.warmup_steps': 500, 'checkpoint_every': 2500, 'sample_every': 2500,
-            'log_every': 100}),
-}
-
-
-class OverrideError(ValueError):
-  pass
-
-
-def variant(study: str, name: str) -> Variant:
-  for v in VARIANTS[study]:
-    if v.name == name:
-      return v
-  raise KeyError(name)
-
-
-def eval_steps(fractions, steps: int) -> list[int]:
-  """The step counts at which metrics are taken: each fraction of the budget, at least 1."""
-  return sorted({max(1, round(f * steps)) for f in fractions} | {steps})
-
-
-def apply_overrides(config, overrides: dict, source: str):
-  """Sets each dotted field ('model.width') of `overrides`; a field the config lacks or a
-  value of the wrong type raises OverrideError naming `source`."""
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split('.')
-    for part in path:
-      if part not in node:
-        raise OverrideError(f'{source}: the config has no field {key!r}')
-      node = node[part]
-    if not hasattr(node, 'keys') or last not in node:
-      raise OverrideError(f'{source}: the config has no field {key!r}')
-    try:
-      node[last] = value
-    except (TypeError, ValueError) as e:
-      raise OverrideError(f'{source}: {key}={value!r}: {str(e).splitlines()[0]}') from None
-  return config
-
-
-def build_config(study: str, scale: str, variant_name: str, seed: int, steps: int,
-                 extra: dict, samples: int):
-  """The ml_collections config of one run."""
-  module = importlib.import_module('configs.' + BASE_CONFIGS[study][len('configs/'):-3])
-  c = module.get_config()
-  apply_overrides(c, SCALE_TABLE[study, scale].overrides, f'scale {scale}')
-  c.total_steps = steps
-  apply_overrides(c, extra, '--set')
-  if study == 'sddit':  # DiffDis configs have no eval section: its samples are the study's
-    c.eval.digits_samples = samples
-  apply_overrides(c, variant(study, variant_name).overrides, f'variant {variant_name}')
-  c.seed = seed
-  return c

@@ -1,13 +1,13 @@
 """Entry point: python launch/main.py --config=configs/NAME.py --workdir=DIR [--mode=...]
 
-Modes: train (default; resumes from the workdir's checkpoints), sample (sample.num_samples
-images of the latest checkpoint's EMA parameters to an ADM-format .npz), eval (FID, sFID, IS,
-precision, recall of that file to <workdir>/eval.json; for DiffDis, zero-shot accuracy and
-retrieval recall of the latest checkpoint; see docs/evaluation.md), grid (a
-class-conditional grid from the latest checkpoint's EMA parameters), extract_latents
-(ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any config field can
-be overridden as --config.FIELD=VALUE. Bad input stops with one line on stderr and exit
-status 2, before anything is compiled or written.
+Modes (diffdis_jax/modes/run.py): train (default; resumes from the workdir's checkpoints),
+sample (sample.num_samples images of the latest checkpoint's EMA parameters to an ADM-format
+.npz), eval (FID, sFID, IS, precision, recall of that file to <workdir>/eval.json; for
+DiffDis, zero-shot accuracy and retrieval recall of the latest checkpoint; see
+docs/evaluation.md), grid (the preview grid of the latest checkpoint's EMA parameters),
+extract_latents (ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any
+config field can be overridden as --config.FIELD=VALUE. Bad input stops with one line on
+stderr and exit status 2, before anything is compiled or written.
 """
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   import jax
-  from diffdis_jax import validate
+  from diffdis_jax.core.checks import ConfigError
+  from diffdis_jax.modes.checks import check_run
   from diffdis_jax.parallel import distributed
 
   # jax's start-up chatter would bury a one-line answer to bad input: INFO logs resume once
@@ -98,47 +99,20 @@ def main(argv):
   if not _WORKDIR.value:
     fail('--workdir is required, e.g. --workdir=/tmp/demo')
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if _MODE.value == 'extract_latents':  # no model, no training state
-    from diffdis_jax.data import imagenet_latents
-    imagenet_latents.run_from_flags(config, _WORKDIR.value, fail)
-    return
   try:
-    validate.validate(config, jax.device_count())
-    validate.validate_data(config)
-    validate.validate_run_fields(config)
-    validate.validate_paths(config)
-    validate.validate_workdir(_WORKDIR.value)
-    workdir = os.path.abspath(_WORKDIR.value)
-    validate.validate_eval_inputs(config, _MODE.value, workdir, jax.device_count())
-  except validate.ConfigError as e:
+    check_run(config, _MODE.value, _WORKDIR.value, jax.device_count())
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.info('%s', distributed.describe())
+    logging.info('config:\n%s', config)
+    from diffdis_jax.modes.run import run  # TensorFlow (clu's writers): after the checks
+    # bad input found while building (a width the mesh does not divide) is still one line
+    run(_MODE.value, config, _WORKDIR.value)
+  except ConfigError as e:
     fail(str(e))
-
-  from diffdis_jax.parallel import mesh as mesh_lib
-  from diffdis_jax.train import loop
-  from diffdis_jax.train import preemption
-  try:
-    loop.check_workdir(config, workdir)
-    # builds the model's abstract state and its layout on the mesh: nothing compiled yet
-    trainer = loop.Trainer(config, workdir)
-  except (loop.WorkdirMismatch, mesh_lib.MeshError) as e:
-    fail(str(e))
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  logging.info('%s', distributed.describe())
-  logging.info('config:\n%s', config)
-  if _MODE.value == 'train':
-    try:
-      with preemption.sigterm_requests_stop():  # SIGTERM: save the current step, exit 0
-        trainer.train()
-    except FloatingPointError as e:  # nonfinite=stop, or a non-finite state at a save
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
-    return
-  from diffdis_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
-  modes = {'grid': lambda c, w: loop.sample_from_checkpoint(c, w, trainer),
-           'sample': evaluate.sample_mode,
-           'eval': lambda c, w: evaluate.eval_mode(c, w, trainer=trainer)}
-  modes[_MODE.value](config, workdir)
+  except FloatingPointError as e:  # nonfinite=stop, or a non-finite state at a save
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

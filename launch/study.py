@@ -1,4 +1,4 @@
-"""Seeded comparison studies (issue 10): every variant of a study, same data, steps and batch.
+"""Seeded comparison studies: every variant of a study, same data, steps and batch.
 
   python launch/study.py --study=sddit --out=DIR                # 13 variants x 3 seeds, CPU
   python launch/study.py --study=diffdis --out=DIR --seeds=1 --only=diffdis,clip_style
@@ -21,6 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from configs import study as study_configs  # noqa: E402
@@ -72,16 +73,16 @@ def main(argv):
     fail(f'unexpected arguments {argv[1:]}; every option is a --flag')
   if _STUDY.value is None or not _OUT.value:
     fail('--study and --out are required, e.g. --study=sddit --out=/tmp/study')
+  study = study_configs.STUDIES[_STUDY.value]
   try:
     settings, variants = plan.check_flags(
-        _STUDY.value, _SCALE.value, _ONLY.value, _SEEDS.value, _STEPS.value, _EVAL_AT.value,
+        study, _SCALE.value, _ONLY.value, _SEEDS.value, _STEPS.value, _EVAL_AT.value,
         _SAMPLES.value, _SET.value, _FAST_COMPILE.value)
     plan.check_out(_OUT.value, settings)
-    runs = plan.plan(settings, variants, _SEEDS.value, _OUT.value)
+    runs = plan.plan(study, settings, variants, _SEEDS.value, _OUT.value)
   except plan.StudyError as e:
     fail(str(e))
 
-  import jax  # pylint: disable=g-import-not-at-top
   cache = (os.path.join(os.path.abspath(_OUT.value), 'compile_cache')
            if _COMPILE_CACHE.value is None else _COMPILE_CACHE.value)
   if cache:
@@ -98,11 +99,13 @@ def main(argv):
       print(f'  {run.name} -> {run.workdir}')
     return
 
-  from diffdis_jax.study import report, run as run_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  # TensorFlow (clu's writers, in the Trainer): after the checks, whose answer is one line
+  from diffdis_jax.study import report, run as run_lib
+  from diffdis_jax.train import preemption
   study_dir = plan.save_settings(_OUT.value, settings)
   caches = os.path.join(os.path.abspath(_OUT.value), 'caches')
   say = lambda line: print(line, flush=True)
-  from diffdis_jax.train import preemption  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # the per-run lines below say what happens
   with preemption.sigterm_requests_stop():  # SIGTERM: save the current step, report, exit 0
     for run in runs:
@@ -113,8 +116,8 @@ def main(argv):
       if status == 'stopped':
         break
       if status == 'done':
-        report.write_report(study_dir, settings.to_json(), _command())
-  results = report.write_report(study_dir, settings.to_json(), _command())
+        report.write_report(study, study_dir, settings.to_json(), _command())
+  results = report.write_report(study, study_dir, settings.to_json(), _command())
   print(f'{len(results["variants"])} variants reported: '
         f'{os.path.join(study_dir, "table.md")}, {os.path.join(study_dir, "results.json")}')
 

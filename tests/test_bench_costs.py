@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 'bench'))
 import costs  # noqa: E402  pylint: disable=wrong-import-position
 
-from diffdis_jax import build  # noqa: E402
+from diffdis_jax.tasks import make_task  # noqa: E402
 from diffdis_jax.objectives import sddit  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def test_dit_xl_2_matches_the_published_count():
   c = common.get_base_config()
   c.model.name, c.model.decoder_mode, c.model.decoder_depth = 'DiT-XL/2', 'split', 0
   c.sddit.dis_weight, c.sddit.mask_ratio = 0.0, 0.0
-  flops = costs.sddit_flops(build.build_model(c), c)
+  flops = costs.sddit_flops(make_task(c).build_model(), c)
   assert flops['student_forward_flops'] / 2 == pytest.approx(118.6e9, rel=2e-3)
   assert flops['teacher_forward_flops'] == 0
   assert flops['train_flops_per_image'] == 3 * flops['student_forward_flops']
@@ -41,7 +41,7 @@ def test_sddit_counts_agree_with_xla_on_a_wide_model():
                            'model.head': dict(hidden=256, bottleneck=64, out_dim=512,
                                               num_layers=3),
                            'sddit.mask_ratio': 0.5})
-  model = build.build_model(c)
+  model = make_task(c).build_model()
   x = jnp.zeros((1, 16, 16, c.model.in_channels))
   t, y = jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, y)

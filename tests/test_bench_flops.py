@@ -11,7 +11,7 @@ import costs  # noqa: E402  pylint: disable=wrong-import-position
 import flops  # noqa: E402  pylint: disable=wrong-import-position
 from train_step import bench_config  # noqa: E402  pylint: disable=wrong-import-position
 
-from diffdis_jax import build  # noqa: E402
+from diffdis_jax.tasks import make_task  # noqa: E402
 
 
 def test_rows_match_the_cost_model_and_fall_with_the_mask_ratio():
@@ -20,7 +20,7 @@ def test_rows_match_the_cost_model_and_fall_with_the_mask_ratio():
   assert rows[0]['method'] == 'dit' and rows[0]['ratio_vs_dit'] == 1.0
   # the default SD-DiT config (mask 0.2, MaskDiT decoder) is the 'separate', 0.2 row
   config = bench_config('DiT-S/2', 'sddit', batch=1)
-  default = costs.sddit_flops(build.build_model(config), config)['train_flops_per_image']
+  default = costs.sddit_flops(make_task(config).build_model(), config)['train_flops_per_image']
   separate = [r for r in rows[1:] if r['decoder'].startswith('separate')]
   assert [r['mask_ratio'] for r in separate] == list(ratios)
   assert separate[1]['train_flops_per_image'] == pytest.approx(default / 1e9, abs=0.01)

@@ -12,13 +12,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import peers  # noqa: E402  pylint: disable=wrong-import-position
 import train_step  # noqa: E402  pylint: disable=wrong-import-position
 
-from diffdis_jax import build  # noqa: E402
 from diffdis_jax.tasks import make_task  # noqa: E402
 
 
 def _our_parameter_count(config):
-  model = build.build_model(config)
-  params = jax.eval_shape(lambda r: nn.unbox(make_task(config).init_params(model, r)),
+  task = make_task(config)
+  model = task.build_model()
+  params = jax.eval_shape(lambda r: nn.unbox(task.init_params(model, r)),
                           jax.random.PRNGKey(0))
   return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from diffdis_jax.data import captions
-from diffdis_jax.data.captions_digits import write_tokenizer_files
+from diffdis_jax.data.digits_captions import write_tokenizer_files
 
 
 def _png(seed, size=(20, 12)) -> bytes:
@@ -167,7 +167,7 @@ def test_batches_stack_examples(shards):
 
 
 def test_captioned_digits_read_through_the_same_interface(tmp_path):
-  from diffdis_jax.data import captions_digits as cd
+  from diffdis_jax.data import digits_captions as cd
   paths = cd.write_caption_shards(str(tmp_path), 'test', size=8, seed=1, per_shard=100)
   assert len(paths) == 3  # 297 test digits
   out = []

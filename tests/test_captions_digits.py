@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.data import digits_captions as cd
 from diffdis_jax.nn.clip_text import eos_positions
 
 

@@ -11,7 +11,8 @@ import pytest
 from jax import lax
 
 from configs import demo_diffdis
-from diffdis_jax import validate
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_run
 from diffdis_jax.nn import convolution, layers
 from diffdis_jax.nn.unet import UNet2DCondition
 
@@ -145,11 +146,11 @@ def test_unet_gives_the_same_output_and_gradients_with_either_convolution():
     np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-5)
 
 
-def test_unknown_conv_impl_is_refused_in_one_line():
+def test_unknown_conv_impl_is_refused_in_one_line(tmp_path):
   config = demo_diffdis.get_config()
   config.model.conv_impl = 'fast'
-  with pytest.raises(validate.ConfigError, match='model.conv_impl') as error:
-    validate.validate(config)
+  with pytest.raises(ConfigError, match='model.conv_impl') as error:
+    check_run(config, 'train', str(tmp_path))
   assert '\n' not in str(error.value)
 
 

@@ -1,4 +1,4 @@
-"""--mode=eval for DiffDis (eval/diffdis_eval.py): a checkpoint of the tiny demo config through
+"""--mode=eval for DiffDis (DiffDisTask.evaluate): a checkpoint of the tiny demo config through
 launch/main.py, on a suite dataset prepared as tfds (held-out digits under the name cifar10)
 and on webdataset shards storing each image once per caption, as COCO does.
 
@@ -24,12 +24,14 @@ from PIL import Image
 
 from conftest import ROOT
 from configs import demo_diffdis
-from diffdis_jax import validate
-from diffdis_jax.data import captions_digits as cd
-from diffdis_jax.eval import zeroshot
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.data import digits_captions as cd
 from diffdis_jax.eval import zeroshot_suite as suite
+from diffdis_jax.eval.diffdis_sampler import make_query_predictor
+from diffdis_jax.modes.checks import check_run
+from diffdis_jax.modes.run import build_trainer
+from diffdis_jax.tasks import make_task
 from diffdis_jax.train import checkpoint as ckpt_lib
-from diffdis_jax.train import loop
 from test_diffdis_train import tiny_demo_config
 import test_stable_diffusion_folder as sd_test
 
@@ -97,7 +99,7 @@ def inputs(tmp_path_factory):
   # what is tested here
   config = tiny_demo_config(**{'diffdis.zeroshot.batch': BATCH,
                                'text_encoder.pretrain_steps': 20})
-  trainer = loop.Trainer(config, str(workdir))
+  trainer = build_trainer(config, str(workdir))
   state = trainer.init_state()
   checkpointer = ckpt_lib.Checkpointer(str(workdir))
   checkpointer.save(0, state, trainer.data_iterator(), force=True)
@@ -142,7 +144,7 @@ def test_predict_feeds_the_model_what_training_fed_it(inputs):
   got = fns.predict(state.ema_params, rgb)
   assert got.shape == (NUM_TEST, config.diffdis.text_dim)
 
-  query = jax.jit(zeroshot.make_query_predictor(trainer.model, config))
+  query = jax.jit(make_query_predictor(trainer.model, config))
   null_context = jnp.asarray(trainer.task.text.encode([''])[0][0])
   key = jax.random.PRNGKey(config.seed + 3)
   want = []
@@ -202,7 +204,6 @@ def _random_params(task, seed=0):
 def test_latent_models_see_the_vae_latents(sd_folder):
   """A latent model's `predict` takes images at the VAE's input size and gives the query
   predictor's estimates on the VAE's posterior mean times its scaling factor."""
-  from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
   folder, _ = sd_folder
   config = sd_test.tiny_diffdis_config(folder, input_size=4)
   d = config.diffdis
@@ -218,7 +219,7 @@ def test_latent_models_see_the_vae_latents(sd_folder):
   z = sd.vae.apply({'params': sd.vae_params}, images, method='encode')[0] * sd.vae.scaling_factor
   z = np.concatenate([z, z[-1:]])  # padded to the batch of 4, as predict does
   null_context = jnp.asarray(task.text.encode([''])[0][0])
-  query = jax.jit(zeroshot.make_query_predictor(task.model, config))
+  query = jax.jit(make_query_predictor(task.model, config))
   want = query(params, z, null_context, jax.random.PRNGKey(config.seed + 3))[:3]
   assert got.shape == (3, config.diffdis.text_dim)
   np.testing.assert_allclose(got, np.asarray(want), atol=2e-5)
@@ -239,8 +240,8 @@ def test_bad_eval_inputs_are_named(inputs, overrides, message):
   config, workdir, data_dir, shards, _, _ = inputs
   overrides = {k: v.format(data_dir=data_dir, shards=shards) if isinstance(v, str) else v
                for k, v in overrides.items()}
-  with pytest.raises(validate.ConfigError) as err:
-    validate.validate_eval_inputs(tiny_demo_config(**overrides), 'eval', str(workdir))
+  with pytest.raises(ConfigError) as err:
+    check_run(tiny_demo_config(**overrides), 'eval', str(workdir))
   assert message in str(err.value), str(err.value)
   assert '\n' not in str(err.value)
 

@@ -6,12 +6,12 @@ import pytest
 from flax import traverse_util
 
 from diffdis_jax.objectives import diffdis as obj
-from diffdis_jax.objectives import get_objective
+from diffdis_jax.tasks import TASKS
 from diffdis_testlib import CTX_DIM, CTX_LEN, random_params, tiny_batch, tiny_config, tiny_model
 
 
 def test_registered():
-  assert get_objective('diffdis') is obj
+  assert TASKS['diffdis'].objective is obj
   assert not obj.uses_teacher(tiny_config())
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import apply_overrides
-from diffdis_jax import validate
-from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_run
+from diffdis_jax.data import digits_captions as cd
 from diffdis_jax.objectives.diffdis import text_query
 from diffdis_jax.train import checkpoint as ckpt_lib
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
 from test_stable_diffusion_folder import sd_folder, tiny_diffdis_config  # noqa: F401 (a fixture)
 
 BATCH = 16
@@ -42,8 +43,8 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
                                                                     pair_shards):
   folder, _ = sd_folder
   config = tiny_pairs_config(folder, pair_shards)
-  validate.validate(config, jax.device_count())
-  trainer = loop.Trainer(config, str(tmp_path / 'run'))
+  check_run(config, 'train', str(tmp_path / 'run'), jax.device_count())
+  trainer = build_trainer(config, str(tmp_path / 'run'))
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
   task, sd = trainer.task, trainer.task.stable_diffusion
   assert task.pixel_size == 16
@@ -79,7 +80,7 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
   # the third batch of a fresh one
   fresh = trainer.data_iterator()
   third = [next(fresh) for _ in range(3)][-1]
-  resumed = loop.Trainer(config, str(tmp_path / 'run'))
+  resumed = build_trainer(config, str(tmp_path / 'run'))
   data_it = resumed.data_iterator()
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / 'run'))
   target = ckpt_lib.abstract_with_shardings(resumed.abstract_state, resumed.state_shardings)
@@ -104,9 +105,10 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
     ({'model.in_channels': 3}, 'in_channels'),
     ({'init.text_encoder': '/nonexistent'}, 'init.text_encoder'),
 ])
-def test_bad_pair_configs_stop_with_one_line(sd_folder, pair_shards, overrides, message):
+def test_bad_pair_configs_stop_with_one_line(sd_folder, pair_shards, overrides, message,
+                                            tmp_path):
   folder, _ = sd_folder
   config = tiny_pairs_config(folder, pair_shards, **overrides)
-  with pytest.raises(validate.ConfigError, match=message) as error:
-    validate.validate(config)
+  with pytest.raises(ConfigError, match=message) as error:
+    check_run(config, 'train', str(tmp_path))
   assert '\n' not in str(error.value)

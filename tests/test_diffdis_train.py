@@ -10,9 +10,10 @@ import pytest
 
 from conftest import apply_overrides
 from configs import demo_diffdis, diffdis_sd15
-from diffdis_jax import validate
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_run
 from diffdis_jax.train import checkpoint as ckpt_lib
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
 from test_stable_diffusion_folder import MAX_TOKENS, sd_folder, tiny_diffdis_config  # noqa: F401
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
@@ -37,7 +38,7 @@ def tiny_demo_config(**overrides):
 
 
 def _trainer(config, workdir):
-  trainer = loop.Trainer(config, str(workdir))
+  trainer = build_trainer(config, str(workdir))
   trainer.compiler_options = FAST_COMPILE
   return trainer
 
@@ -51,7 +52,7 @@ def _records(workdir):
 def text_encoder_cache(tmp_path_factory):
   """The pre-stage runs once; each workdir gets a copy of its cache."""
   folder = tmp_path_factory.mktemp('shared')
-  trainer = loop.Trainer(tiny_demo_config(), str(folder))
+  trainer = build_trainer(tiny_demo_config(), str(folder))
   trainer.task.text  # pylint: disable=pointless-statement
   return folder / 'text_encoder'
 
@@ -67,7 +68,7 @@ def test_trains_on_data_fsdp_mesh_resumes_and_classifies_above_chance(tmp_path,
   """Two compiles in all: train 2 steps, stop; a new Trainer resumes and trains on to
   STEPS; the final zero-shot evaluation must be far above chance (0.1)."""
   config = tiny_demo_config(total_steps=STEPS)
-  validate.validate(config, jax.device_count())
+  check_run(config, 'train', str(tmp_path / 'run'), jax.device_count())
   workdir = _workdir(tmp_path, 'run', text_encoder_cache)
 
   first = _trainer(config, workdir)
@@ -98,16 +99,16 @@ def test_trains_on_data_fsdp_mesh_resumes_and_classifies_above_chance(tmp_path,
 
 def test_validate_asks_for_the_sd_folder_and_its_unet(tmp_path):
   config = diffdis_sd15.get_config()
-  with pytest.raises(validate.ConfigError, match='init.sd_folder'):
-    validate.validate(config)
+  with pytest.raises(ConfigError, match='init.sd_folder'):
+    check_run(config, 'train', str(tmp_path))
   (tmp_path / 'unet').mkdir()
   (tmp_path / 'unet' / 'config.json').write_text('{"cross_attention_dim": 768}')  # SD 1.5
   config.init.sd_folder = str(tmp_path)
-  with pytest.raises(validate.ConfigError, match='data.dir is empty'):
-    validate.validate(config)
+  with pytest.raises(ConfigError, match='data.dir is empty'):
+    check_run(config, 'train', str(tmp_path))
   config.model.layers_per_block = 1
-  with pytest.raises(validate.ConfigError, match='model.layers_per_block=2'):
-    validate.validate(config)
+  with pytest.raises(ConfigError, match='model.layers_per_block=2'):
+    check_run(config, 'train', str(tmp_path))
 
 
 def test_sd_folder_initialises_the_unet_unchanged(tmp_path, sd_folder):
@@ -116,7 +117,7 @@ def test_sd_folder_initialises_the_unet_unchanged(tmp_path, sd_folder):
   folder, (torch_clip, torch_unet, _) = sd_folder
   config = tiny_diffdis_config(folder)
   config.batch_size = 8
-  trainer = loop.Trainer(config, str(tmp_path))
+  trainer = build_trainer(config, str(tmp_path))
   state = jax.device_get(trainer.init_state())
 
   rng = np.random.default_rng(0)

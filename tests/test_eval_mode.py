@@ -20,9 +20,13 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import ROOT, tiny_sddit_config
-from diffdis_jax import validate
-from diffdis_jax.eval import evaluate, fid, sample_npz
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.eval import fid, sample_npz
+from diffdis_jax.eval.eval_json import update_eval_json
+from diffdis_jax.modes.checks import check_run
+from diffdis_jax.modes.run import build_trainer, run
 from diffdis_jax.nn import inception
+from diffdis_jax.tasks.sddit import checks as sddit_checks
 from diffdis_jax.train.metrics_log import read_metrics
 
 
@@ -91,11 +95,11 @@ def test_eval_mode_writes_every_metric_and_setting(files, tmp_path, monkeypatch)
   root, weights, extractor = files
   config = _config(root, weights)
   workdir = str(tmp_path / 'run')
-  evaluate.update_eval_json(workdir, 'zeroshot', {'cifar10': {'zeroshot_top1': 0.5}})
+  update_eval_json(workdir, 'zeroshot', {'cifar10': {'zeroshot_top1': 0.5}})
   loaded = []
   monkeypatch.setattr(fid.InceptionExtractor, 'from_file', classmethod(
       lambda cls, path, **kw: loaded.append(path) or extractor))
-  evaluate.eval_mode(config, workdir)
+  run('eval', config, workdir)
   assert loaded == [weights]  # the configured weights file, nothing else
   with open(os.path.join(workdir, 'eval.json')) as f:
     saved = json.load(f)
@@ -114,14 +118,13 @@ def test_eval_mode_writes_every_metric_and_setting(files, tmp_path, monkeypatch)
   assert record['inception_weights']['file'] == weights
 
   # the reference against itself: FID about 0 and recall 1
-  same = evaluate.eval_mode(_config(root, weights, **{'eval.samples_npz': str(root / 'ref.npz')}),
-                            workdir, extractor=extractor)
+  same = run('eval', _config(root, weights, **{'eval.samples_npz': str(root / 'ref.npz')}),
+             workdir)
   assert abs(same['metrics']['fid']) < 1e-6 * metrics['fid'] and same['metrics']['recall'] == 1
   assert same['sampler']['source'].startswith('config')  # no sidecar for that file
 
 
 def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
-  from diffdis_jax.train import loop  # pylint: disable=g-import-not-at-top
   root, weights, extractor = files
   monkeypatch.setattr(fid.InceptionExtractor, 'from_file',
                       classmethod(lambda cls, path, **kw: extractor))
@@ -129,8 +132,8 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
       'total_steps': 2, 'log_every': 1, 'checkpoint_every': 2, 'sample_every': 1000,
       'sddit.dis_weight': 0.0, 'sddit.mask_ratio': 0.0, 'sample.steps': 1,
       'eval.fid_every': 2, 'eval.fid_samples': 16, 'sample.batch_size': 8})
-  validate.validate_eval_inputs(config, 'train', str(tmp_path), 8)
-  trainer = loop.Trainer(config, str(tmp_path))
+  check_run(config, 'train', str(tmp_path), 8)
+  trainer = build_trainer(config, str(tmp_path))
   trainer.compiler_options = {'xla_backend_optimization_level': 0}  # halves the compile
   trainer.train()
   fids = [r for r in read_metrics(str(tmp_path)) if 'fid_16' in r]
@@ -141,8 +144,8 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
   config = _config(root, weights, **{'sample.steps': 1, 'sample.num_samples': 5,
                                      'sample.batch_size': 8, 'sddit.dis_weight': 0.0,
                                      'sddit.mask_ratio': 0.0})
-  validate.validate_eval_inputs(config, 'sample', str(tmp_path), 8)
-  output = evaluate.sample_mode(config, str(tmp_path))
+  check_run(config, 'sample', str(tmp_path), 8)
+  output = run('sample', config, str(tmp_path))
   assert output == str(tmp_path / 'samples.npz')
   with np.load(output) as npz:
     assert npz['arr_0'].shape == (5, 8, 8, 3) and npz['arr_1'].shape == (5,)
@@ -158,28 +161,29 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
 ])
 def test_missing_eval_inputs_are_named(files, tmp_path, overrides, message):
   root, weights, _ = files
-  with pytest.raises(validate.ConfigError, match=message):
-    validate.validate_eval_inputs(_config(root, weights, **overrides), 'eval', str(tmp_path))
+  with pytest.raises(ConfigError, match=message):
+    check_run(_config(root, weights, **overrides), 'eval', str(tmp_path))
   train = _config(root, weights, **{'eval.fid_every': 10, 'eval.fid_samples': 512, **overrides})
   if 'eval.samples_npz' not in overrides:  # training does not read a samples file
-    with pytest.raises(validate.ConfigError, match=message):
-      validate.validate_eval_inputs(train, 'train', str(tmp_path))
+    with pytest.raises(ConfigError, match=message):
+      check_run(train, 'train', str(tmp_path))
 
 
 def test_sample_mode_checks(files, tmp_path):
   root, weights, _ = files
-  with pytest.raises(validate.ConfigError, match='no checkpoint'):
-    validate.validate_eval_inputs(tiny_sddit_config(), 'sample', str(tmp_path))
+  with pytest.raises(ConfigError, match='no checkpoint'):
+    check_run(tiny_sddit_config(), 'sample', str(tmp_path))
   os.makedirs(tmp_path / 'checkpoints' / '5')
   (tmp_path / 'samples.npz').write_bytes(b'')
-  with pytest.raises(validate.ConfigError, match='exists and would be overwritten'):
-    validate.validate_eval_inputs(tiny_sddit_config(), 'sample', str(tmp_path))
-  with pytest.raises(validate.ConfigError, match='not divisible by the data-parallel size 8'):
-    validate.validate_eval_inputs(tiny_sddit_config(**{'sample.batch_size': 12}), 'sample',
-                                  str(tmp_path / 'other'), 8)
+  with pytest.raises(ConfigError, match='exists and would be overwritten'):
+    check_run(tiny_sddit_config(), 'sample', str(tmp_path))
+  with pytest.raises(ConfigError, match='not divisible by the data-parallel size 8'):
+    check_run(tiny_sddit_config(**{'sample.batch_size': 12}), 'sample', str(tmp_path / 'other'),
+              8)
+  # a latent model (its data checks aside: digits are pixels) needs the VAE to decode samples
   latent = tiny_sddit_config(**{'model.in_channels': 4, 'sample.output': str(tmp_path / 'x.npz')})
-  with pytest.raises(validate.ConfigError, match='sample.vae=DIR'):
-    validate.validate_eval_inputs(latent, 'sample', str(tmp_path))
+  with pytest.raises(ConfigError, match='sample.vae=DIR'):
+    sddit_checks.check_mode(latent, 'sample', str(tmp_path), None)
 
 
 def test_cli_missing_reference_is_one_line_exit_2(files, tmp_path):

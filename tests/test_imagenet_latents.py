@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 
 from conftest import tiny_sddit_config
-from diffdis_jax import validate
+from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.data import imagenet_latents as il
 from diffdis_jax.data import pipeline
+from diffdis_jax.modes.checks import check_run
+from diffdis_jax.modes.run import build_trainer
+from diffdis_jax.modes.extract_latents import extract_latents
 from peer_utils import nchw, nhwc, randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,10 +82,10 @@ def extracted(files):
   root, _ = files
   out = str(root / 'latents')
   config = extraction_config(root)
-  validate.validate_extraction(config)
-  second = il.extract_latents(config, out, process_index=1, process_count=2)
+  check_run(config, 'extract_latents', out)
+  second = extract_latents(config, out, process_index=1, process_count=2)
   written = sorted(f for f in os.listdir(out) if '.array_record-' in f)
-  first = il.extract_latents(config, out, process_index=0, process_count=2)
+  first = extract_latents(config, out, process_index=0, process_count=2)
   return out, config, written, second, first
 
 
@@ -134,25 +137,23 @@ def test_restart_redoes_only_missing_shards_and_refuses_other_settings(files, ex
   before = pipeline.latent_source(out)[7]['mean']
   mtime = os.path.getmtime(kept)
   os.remove(lost)
-  summary = il.extract_latents(config, out)
+  summary = extract_latents(config, out)
   assert summary['examples_this_run'] == 2  # only the short last shard
   assert os.path.getmtime(kept) == mtime
   np.testing.assert_allclose(pipeline.latent_source(out)[7]['mean'], before, atol=1e-6)
   with pytest.raises(il.ExtractionError, match='image_size'):
-    il.extract_latents(extraction_config(root, image_size=24), out)
+    extract_latents(extraction_config(root, image_size=24), out)
 
 
 def test_train_step_on_extracted_latents(extracted):
   out, *_ = extracted
-  from diffdis_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = tiny_sddit_config(**{'data.name': 'imagenet256_latents', 'data.dir': out,
                                 'model.in_channels': 4, 'model.num_classes': 1000})
-  validate.validate(config, jax.device_count())
-  validate.validate_data(config)
-  with pytest.raises(validate.ConfigError, match='model.in_channels=4'):
-    validate.validate_data(tiny_sddit_config(**{'data.name': 'imagenet256_latents',
-                                                'data.dir': out, 'model.num_classes': 1000}))
-  trainer = loop.Trainer(config, out, devices=jax.devices()[:1])  # one device: faster compile
+  check_run(config, 'train', out, jax.device_count())
+  with pytest.raises(ConfigError, match='model.in_channels=4'):
+    check_run(tiny_sddit_config(**{'data.name': 'imagenet256_latents', 'data.dir': out,
+                                   'model.num_classes': 1000}), 'train', out)
+  trainer = build_trainer(config, out, devices=jax.devices()[:1])  # one device: faster compile
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
   batch = next(trainer.data_iterator())
   assert batch['image'].shape == (8, 8, 8, 4) and batch['label'].shape == (8,)

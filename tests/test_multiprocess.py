@@ -18,7 +18,7 @@ import numpy as np
 
 from conftest import ROOT, tiny_sddit_config
 from diffdis_jax.train import checkpoint as ckpt_lib
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
 from diffdis_jax.train.metrics_log import read_metrics
 
 STEPS = 3
@@ -90,7 +90,7 @@ def test_two_processes_match_one(tmp_path):
   procs = [_start(args + [f'--process_id={i}'], logs[i], env) for i in range(2)]
   try:
     # the single-process run (this process: 8 devices) compiles while the children do
-    trainer = loop.Trainer(config, single)
+    trainer = build_trainer(config, single)
     trainer.compiler_options = {'xla_backend_optimization_level': 0}
     expected = trainer.train()
     # a process that fails leaves the other waiting in a collective: stop at the first failure
@@ -120,7 +120,7 @@ def test_two_processes_match_one(tmp_path):
   # the state the two processes saved, read back by this one process (whose own iterator
   # file, process_0-of-1, is not there: the position comes from the 2-process files), is the
   # single-process state, and the input continues where the single run's did
-  trainer = loop.Trainer(config, multi)
+  trainer = build_trainer(config, multi)
   target = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
   checkpointer = ckpt_lib.Checkpointer(multi)
   iterator_files = [f for f in os.listdir(os.path.join(multi, 'checkpoints', str(STEPS - 1),

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, tiny_sddit_config
 from test_multiprocess import _flags as config_flags
 from diffdis_jax.train import checkpoint as ckpt_lib
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
 from diffdis_jax.train.metrics_log import read_metrics
 
 OVERRIDES = {
@@ -46,13 +46,13 @@ def cli_run(tmp_path_factory):
 @pytest.fixture(scope='module')
 def compiled_step(cli_run):
   del cli_run  # started before this compile
-  trainer = loop.Trainer(tiny_sddit_config(**OVERRIDES), '/nonexistent', jax.devices()[:1])
+  trainer = build_trainer(tiny_sddit_config(**OVERRIDES), '/nonexistent', jax.devices()[:1])
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
   return trainer.compile_step(), trainer.compile_seconds
 
 
 def _trainer(workdir, compiled_step, nonfinite):
-  trainer = loop.Trainer(tiny_sddit_config(nonfinite=nonfinite, **OVERRIDES), str(workdir),
+  trainer = build_trainer(tiny_sddit_config(nonfinite=nonfinite, **OVERRIDES), str(workdir),
                          jax.devices()[:1])
   trainer.compile_step = lambda: compiled_step[0]
   trainer.compile_seconds = compiled_step[1]

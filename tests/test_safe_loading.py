@@ -14,7 +14,8 @@ import pytest
 import safetensors.numpy
 
 from conftest import ROOT, tiny_sddit_config
-from diffdis_jax import validate
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_run
 from diffdis_jax.weights import convert, stable_diffusion
 
 SUFFIXES = ['.pt', '.pth', '.bin', '.ckpt', '.pkl']
@@ -50,15 +51,16 @@ def test_pickle_weights_are_refused_with_the_conversion_hint(tmp_path, suffix, n
   with pytest.raises(ValueError, match='convert it to safetensors first: python -c'):
     convert.load_safetensors(path)
   config = tiny_sddit_config(**{'init.dit_weights': path})
-  with pytest.raises(validate.ConfigError, match='never loaded.*convert it to safetensors'):
-    validate.validate_paths(config)
+  with pytest.raises(ConfigError, match='never loaded.*convert it to safetensors'):
+    check_run(config, 'train', str(tmp_path / 'run'))
   assert not os.path.exists(path + '.UNPICKLED')
 
 
 def test_a_pickle_named_safetensors_is_not_unpickled(tmp_path, no_unpickling):
   path = _pickle_file(tmp_path / 'model.safetensors')
-  with pytest.raises(validate.ConfigError, match='not a safetensors file'):
-    validate.validate_paths(tiny_sddit_config(**{'init.dit_weights': path}))
+  with pytest.raises(ConfigError, match='not a safetensors file'):
+    check_run(tiny_sddit_config(**{'init.dit_weights': path}), 'train',
+              str(tmp_path / 'run'))
   with pytest.raises(Exception):  # safetensors' own header error
     convert.load_safetensors(path)
   assert not os.path.exists(path + '.UNPICKLED')
@@ -83,10 +85,10 @@ def test_weights_of_the_configured_shapes_pass_the_check(tmp_path):
   path = str(tmp_path / 'dit.safetensors')
   safetensors.numpy.save_file(tensors, path)
   config.init.dit_weights = path
-  validate.validate_paths(config)
+  check_run(config, 'train', str(tmp_path / 'run'))
   config.model.depth = 3
-  with pytest.raises(validate.ConfigError, match=r'2 blocks \(want 3\)'):
-    validate.validate_paths(config)
+  with pytest.raises(ConfigError, match=r'2 blocks \(want 3\)'):
+    check_run(config, 'train', str(tmp_path / 'run'))
 
 
 def _unsafe_calls(tree):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_sddit_config
-from diffdis_jax import build
+from diffdis_jax.tasks import make_task
 from diffdis_jax.eval import sample_npz
 from diffdis_jax.parallel import mesh as mesh_lib
 
@@ -19,7 +19,7 @@ NUM = 13  # not a multiple of any batch below: the last batch is padded and trim
 def model_and_params():
   config = tiny_sddit_config(**{'sample.steps': 2, 'sample.guidance': 1.5,
                                 'sample.labels': 'random', 'sddit.dis_weight': 0.0})
-  model = build.build_model(config)
+  model = make_task(config).build_model()
   m = config.model
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, m.input_size, m.input_size, 1)),
                       jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))['params']
@@ -129,7 +129,7 @@ def test_latent_model_samples_decode_through_the_vae():
   from diffdis_jax.nn.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
   config = tiny_sddit_config(**{'model.in_channels': 4, 'sample.steps': 1,
                                 'sample.guidance': 1.0, 'sddit.dis_weight': 0.0})
-  model = build.build_model(config)
+  model = make_task(config).build_model()
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
                       jnp.zeros((1,), jnp.int32))['params']
   vae = AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4)

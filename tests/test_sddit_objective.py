@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import tiny_sddit_config
-from diffdis_jax import build
+from diffdis_jax.tasks import make_task
 from diffdis_jax.objectives import sddit
 from diffdis_jax.train import step as step_lib
 
 
 def _setup(config):
-  model = build.build_model(config)
+  task = make_task(config)
+  model = task.build_model()
   tx = step_lib.make_optimizer(config)
-  init = step_lib.make_init_fn(model, tx, sddit, config)
+  init = step_lib.make_init_fn(model, tx, sddit, config, task.init_params)
   state = jax.jit(lambda r: nn.unbox(init(r)))(jax.random.PRNGKey(0))
   # leave the zero-initialised regime so every path carries gradient
   params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape),

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_sddit_config
 from diffdis_jax.parallel import footprint
 from diffdis_jax.parallel import mesh as mesh_lib
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
 from diffdis_jax.train.metrics_log import read_metrics
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2)]
@@ -37,7 +37,7 @@ def _config(shape, **overrides):
 
 
 def _trainer(config, workdir, devices=None):
-  trainer = loop.Trainer(config, str(workdir), devices=devices)
+  trainer = build_trainer(config, str(workdir), devices=devices)
   trainer.compiler_options = FAST_COMPILE
   return trainer
 
@@ -61,7 +61,7 @@ def test_fsdp_splits_parameters_and_optimizer_state_eightfold(tmp_path):
   wide = {'model.width': 256, 'model.decoder_width': 256, 'model.num_heads': 4,
           'model.decoder_heads': 4, 'model.head': dict(hidden=256, bottleneck=64, out_dim=256,
                                                        num_layers=3)}
-  trainer = loop.Trainer(_config((1, 8, 1), **wide), str(tmp_path))
+  trainer = build_trainer(_config((1, 8, 1), **wide), str(tmp_path))
   mesh_lib.check_divisible(trainer.abstract_state, trainer.state_shardings)
   state = jax.device_put(_host_zeros_state(trainer), trainer.state_shardings)
   for part in ('params', 'opt_state', 'ema_params', 'aux'):
@@ -79,7 +79,7 @@ def test_fsdp_splits_parameters_and_optimizer_state_eightfold(tmp_path):
 
 
 def test_tensor_axis_splits_heads_and_the_batch_goes_over_data_and_fsdp(tmp_path):
-  trainer = loop.Trainer(_config((2, 2, 2)), str(tmp_path))
+  trainer = build_trainer(_config((2, 2, 2)), str(tmp_path))
   state = jax.device_put(_host_zeros_state(trainer), trainer.state_shardings)
   flat = {jax.tree_util.keystr(p): x for p, x in
           jax.tree_util.tree_flatten_with_path(state.params)[0]}
@@ -101,7 +101,7 @@ def test_tensor_axis_splits_heads_and_the_batch_goes_over_data_and_fsdp(tmp_path
 
 def test_a_width_the_mesh_does_not_divide_is_named_before_compiling(tmp_path):
   with pytest.raises(mesh_lib.MeshError, match=r"of 36 split over mesh axes \('fsdp',\) of size 8"):
-    loop.Trainer(_config((1, 8, 1), **{'model.width': 36}), str(tmp_path))
+    build_trainer(_config((1, 8, 1), **{'model.width': 36}), str(tmp_path))
   assert mesh_lib.parse_mesh_flag('fsdp:8') == {'data': 1, 'fsdp': 8, 'tensor': 1}
 
 

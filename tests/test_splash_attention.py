@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs.common import AXIS_RULES
-from diffdis_jax import validate
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_shared_fields
 from diffdis_jax.nn import attention, splash_attention
 from diffdis_jax.nn.dit import DiTBlock
 from diffdis_jax.parallel import mesh as mesh_lib
@@ -115,5 +116,5 @@ def test_config_asking_for_splash_off_tpu_is_refused_with_the_fix():
   from configs import demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config()
   config.model.attention_impl = 'splash'
-  with pytest.raises(validate.ConfigError, match="TPU kernel and this backend is cpu; pass"):
-    validate.check_common(config)
+  with pytest.raises(ConfigError, match="TPU kernel and this backend is cpu; pass"):
+    check_shared_fields(config)

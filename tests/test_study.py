@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from configs.study import STUDIES
 from diffdis_jax.study import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,9 +133,9 @@ def test_stopped_run_resumes_from_its_checkpoint(out, tmp_path):
   from diffdis_jax.study import plan, run as run_lib
   from diffdis_jax.train import preemption
   from diffdis_jax.train.metrics_log import read_metrics
-  settings, variants = plan.check_flags('sddit', 'cpu', 'dit', 1, 4, '4', 20,
+  settings, variants = plan.check_flags(STUDIES['sddit'], 'cpu', 'dit', 1, 4, '4', 20,
                                         [a[len('--set='):] for a in SDDIT_TINY], True)
-  (run,) = plan.plan(settings, variants, 1, str(tmp_path))
+  (run,) = plan.plan(STUDIES['sddit'], settings, variants, 1, str(tmp_path))
   caches = str(out / 'caches')  # the digits classifier of the end-to-end test, if it ran
   lines = []
   with preemption.sigterm_requests_stop():
@@ -159,13 +160,13 @@ def test_every_variant_traces_its_train_step(study, tmp_path):
   from diffdis_jax.parallel import mesh as mesh_lib
   from diffdis_jax.study import plan
   from diffdis_jax.train import checkpoint as ckpt_lib
-  from diffdis_jax.train import loop
+  from diffdis_jax.modes.run import build_trainer
   from diffdis_jax.train import step as step_lib
   tiny = SDDIT_TINY if study == 'sddit' else DIFFDIS_TINY
-  settings, variants = plan.check_flags(study, 'cpu', '', 1, 4, '', 20,
+  settings, variants = plan.check_flags(STUDIES[study], 'cpu', '', 1, 4, '', 20,
                                         [a[len('--set='):] for a in tiny], True)
-  for run in plan.plan(settings, variants, 1, str(tmp_path)):
-    trainer = loop.Trainer(run.config, run.workdir)
+  for run in plan.plan(STUDIES[study], settings, variants, 1, str(tmp_path)):
+    trainer = build_trainer(run.config, run.workdir)
     step_fn = step_lib.make_train_step(trainer.model, trainer.tx, trainer.objective,
                                        trainer.config)
     state = ckpt_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 
 from conftest import tiny_sddit_config
-from diffdis_jax.train import loop
+from diffdis_jax.modes.run import build_trainer
+from diffdis_jax.objectives import sddit
+from diffdis_jax.train.workdir import WorkdirMismatch, check_identity
 from diffdis_jax.train.metrics_log import read_metrics
 
 
@@ -19,7 +21,7 @@ def test_demo_loss_falls_over_a_few_dozen_steps(tmp_path):
   config = tiny_sddit_config(**{'total_steps': 60, 'log_every': 10, 'checkpoint_every': 60,
                                 'sample_every': 60, 'optim.warmup_steps': 5, 'batch_size': 32,
                                 'eval.digits_samples': 40})
-  loop.Trainer(config, str(tmp_path)).train()
+  build_trainer(config, str(tmp_path)).train()
   records = [r for r in read_metrics(str(tmp_path)) if 'loss' in r]
   assert [r['step'] for r in records] == list(range(10, 61, 10))
   gen = [r['gen_loss'] for r in records]  # means over 10 steps
@@ -36,10 +38,10 @@ def test_demo_loss_falls_over_a_few_dozen_steps(tmp_path):
 def test_save_restore_continue_is_bit_identical(tmp_path):
   overrides = {'log_every': 1, 'checkpoint_every': 3, 'sample_every': 1000}
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-  loop.Trainer(tiny_sddit_config(total_steps=6, **overrides), straight).train()
-  loop.Trainer(tiny_sddit_config(total_steps=6, **overrides), split).train(stop_at=3)
+  build_trainer(tiny_sddit_config(total_steps=6, **overrides), straight).train()
+  build_trainer(tiny_sddit_config(total_steps=6, **overrides), split).train(stop_at=3)
   assert sorted(os.listdir(os.path.join(split, 'checkpoints')))[-1] == '3'
-  state = loop.Trainer(tiny_sddit_config(total_steps=6, **overrides), split).train()
+  state = build_trainer(tiny_sddit_config(total_steps=6, **overrides), split).train()
   assert int(state.step) == 6
   a, b = _fingerprints(straight), _fingerprints(split)
   assert a[6] == b[6] and a[3] == b[3]
@@ -51,23 +53,29 @@ def test_save_restore_continue_is_bit_identical(tmp_path):
 
 def test_resume_drops_log_lines_past_the_checkpoint(tmp_path):
   config = tiny_sddit_config(total_steps=3, log_every=1, checkpoint_every=2, sample_every=1000)
-  loop.Trainer(config, str(tmp_path)).train(stop_at=2)
+  build_trainer(config, str(tmp_path)).train(stop_at=2)
   with open(tmp_path / 'metrics.jsonl', 'a') as f:  # what a run killed after step 2 left
     f.write(json.dumps({'step': 3, 'loss': 1.0}) + '\n{"step": 4, "lo')
-  loop.Trainer(config, str(tmp_path)).train()
+  build_trainer(config, str(tmp_path)).train()
   steps = [r['step'] for r in read_metrics(str(tmp_path)) if 'loss' in r]
   assert steps == [1, 2, 3]
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):
   config = tiny_sddit_config(total_steps=1, sample_every=1000)
-  loop.Trainer(config, str(tmp_path)).train()
+  build_trainer(config, str(tmp_path)).train()
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   other = tiny_sddit_config(total_steps=2, **{'model.width': 64})
   try:
-    loop.check_workdir(other, str(tmp_path))
+    check_identity(other, sddit, str(tmp_path))
     raise AssertionError('expected WorkdirMismatch')
-  except loop.WorkdirMismatch as e:
+  except WorkdirMismatch as e:
     assert 'model' in str(e)
+  # the training run itself refuses it before touching anything
+  try:
+    build_trainer(other, str(tmp_path)).train()
+    raise AssertionError('expected WorkdirMismatch')
+  except WorkdirMismatch:
+    pass
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
   assert jax.device_count() == 8  # the suite runs on 8 virtual devices

@@ -153,14 +153,14 @@ def test_init_dit_weights_fill_sddit_where_they_fit(dit, tmp_path):
   layer (DiT learned sigma: 8 channels) keep their own initialisation."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   from conftest import tiny_sddit_config  # pylint: disable=g-import-not-at-top
-  from diffdis_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.modes.run import build_trainer  # pylint: disable=g-import-not-at-top
   official = official_state_dict(dit)
   path = str(tmp_path / 'dit.safetensors')
   safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in official.items()}, path)
   config = tiny_sddit_config(**{'model.in_channels': 4, 'init.dit_weights': path})
-  fresh = jax.device_get(loop.Trainer(tiny_sddit_config(**{'model.in_channels': 4}),
+  fresh = jax.device_get(build_trainer(tiny_sddit_config(**{'model.in_channels': 4}),
                                       str(tmp_path / 'a')).init_state())
-  state = jax.device_get(loop.Trainer(config, str(tmp_path / 'b')).init_state())
+  state = jax.device_get(build_trainer(config, str(tmp_path / 'b')).init_state())
   _, theirs = weights.from_official_dit(official, 'DiT-S/2', depth=2, width=32, num_heads=2)
   for name in ('x_embedder', 't_embedder', 'y_embedder', 'blocks_0', 'blocks_1'):
     for tree in (state.params, state.ema_params, state.aux['teacher']):

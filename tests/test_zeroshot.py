@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffdis_jax.diffusion import ddpm
-from diffdis_jax.eval import sample_diffdis, zeroshot
+from diffdis_jax.eval import diffdis_sampler, zeroshot
 from diffdis_testlib import CTX_DIM, CTX_LEN, SIDE, TEXT_DIM, random_params, tiny_config, \
     tiny_model
 
@@ -70,7 +70,7 @@ def test_ddim_with_the_exact_denoiser_returns_e0(prediction):
     denoise = lambda e_t, t: (e_t - gamma * jnp.sqrt(ABAR[t])[:, None] * e0) / jnp.sqrt(
         1 - ABAR[t])[:, None]
   noise = jax.random.normal(jax.random.PRNGKey(0), e0.shape)
-  out = jax.jit(lambda n: zeroshot.sample_text_query(denoise, n, ABAR, ts, gamma=gamma,
+  out = jax.jit(lambda n: diffdis_sampler.sample_text_query(denoise, n, ABAR, ts, gamma=gamma,
                                                      prediction=prediction))(noise)
   np.testing.assert_allclose(out, e0, atol=5e-5)
 
@@ -91,7 +91,7 @@ def test_ddim_follows_the_probability_flow_of_gaussian_data():
     return mu + gamma * jnp.sqrt(a) * s ** 2 / v(a) * (e_t - gamma * jnp.sqrt(a) * mu)
 
   noise = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 16)))
-  out = zeroshot.sample_text_query(denoise, noise, ABAR, ts, gamma=gamma)
+  out = diffdis_sampler.sample_text_query(denoise, noise, ABAR, ts, gamma=gamma)
   a_T, a_l = ABAR[ts[0]], ABAR[ts[-1]]
   dev = jnp.sqrt(v(a_l) / v(a_T)) * (noise - gamma * jnp.sqrt(a_T) * mu)
   expected = mu + gamma * jnp.sqrt(a_l) * s ** 2 / v(a_l) * dev
@@ -118,7 +118,7 @@ def test_query_predictor_guides_on_the_image_condition(guidance):
   cond, uncond = _e0(3, seed=1), _e0(3, seed=2)
   config = tiny_config(**{'zeroshot.guidance': guidance, 'zeroshot.steps': 5,
                           'zeroshot.seeds': 2, 'gamma': 0.7})
-  predict = zeroshot.make_query_predictor(_FakeTextModel(cond, uncond), config)
+  predict = diffdis_sampler.make_query_predictor(_FakeTextModel(cond, uncond), config)
   z = np.zeros((3, 2, 2, 4), np.float32)
   out = predict(None, z, np.zeros((CTX_LEN, CTX_DIM)), jax.random.PRNGKey(0))
   expected = uncond + guidance * (cond - uncond)
@@ -128,7 +128,7 @@ def test_query_predictor_guides_on_the_image_condition(guidance):
 
 def test_query_predictor_runs_the_tiny_model():
   config = tiny_config(**{'zeroshot.steps': 2})
-  predict = jax.jit(zeroshot.make_query_predictor(tiny_model(), config))
+  predict = jax.jit(diffdis_sampler.make_query_predictor(tiny_model(), config))
   z = np.random.default_rng(0).standard_normal((2, SIDE, SIDE, 4)).astype(np.float32)
   out = np.asarray(predict(random_params(), z, np.zeros((CTX_LEN, CTX_DIM), np.float32),
                            jax.random.PRNGKey(0)))
@@ -181,7 +181,7 @@ class _FakeUNet:
 
 def test_t2i_sampler_guides_on_the_text_condition():
   config = tiny_config(**{'sample.steps': 4})
-  sample = jax.jit(sample_diffdis.make_t2i_sampler(_FakeUNet(), config, guidance=2.5))
+  sample = jax.jit(diffdis_sampler.make_t2i_sampler(_FakeUNet(), config, guidance=2.5))
   context = np.stack([np.full((CTX_LEN, CTX_DIM), 0.4), np.full((CTX_LEN, CTX_DIM), -0.2)])
   null = np.full((CTX_LEN, CTX_DIM), 0.1, np.float32)
   noise = np.random.default_rng(0).standard_normal((2, 3, 3, 2)).astype(np.float32)

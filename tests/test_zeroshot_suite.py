@@ -116,15 +116,16 @@ def _colour_pairs(path):
         tar.addfile(info, io.BytesIO(payload))
 
 
-def test_evaluate_diffdis_writes_zeroshot_and_retrieval(data_dir, tmp_path, monkeypatch):
+def test_evaluate_and_record_writes_zeroshot_and_retrieval(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(suite, 'load_specs', spec)
   _colour_pairs(tmp_path / 'pairs.tar')
   config = apply_overrides(demo_diffdis.get_config(), {
       'eval.zeroshot_datasets': 'colours', 'eval.tfds_data_dir': data_dir,
       'eval.retrieval_shards': str(tmp_path / '*.tar'), 'diffdis.zeroshot.batch': 4})
   settings = {'steps': 3, 'checkpoint_step': 7}
-  suite.evaluate_diffdis(predict, encode, 0.0, config, str(tmp_path / 'run'), image_size=8,
-                         settings=settings)
+  suite.evaluate_and_record(predict, encode, 0.0, eval_config=config.eval,
+                            batch_size=config.diffdis.zeroshot.batch, image_size=8,
+                            workdir=str(tmp_path / 'run'), settings=settings)
   with open(tmp_path / 'run' / 'eval.json') as f:
     saved = json.load(f)
   assert saved['zeroshot']['datasets']['colours']['zeroshot_top1'] == 1.0

@@ -24,7 +24,7 @@ continues where it stopped; `grain.checkpoint.CheckpointSave(records)` stores it
 checkpoint like the grain iterators.
 `CaptionBatches(records, local_batch)` stacks them into this host's batches, with the same
 state. DiffDis turns a batch into latents and CLIP's c and e on the accelerator each step
-(data/frozen_encoders.py); caching those outputs on disk is not done yet (docs/data.md).
+(tasks/diffdis/pair_encoder.py); caching those outputs on disk is not done yet (docs/data.md).
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from diffdis_jax.data.captions_digits import tokenize
 from diffdis_jax.data.imagenet_latents import center_crop_arr
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
@@ -50,6 +49,14 @@ def load_tokenizer(path: str):
   """A transformers CLIPTokenizer from a folder (vocab.json, merges.txt), e.g. SD's tokenizer/."""
   from transformers import CLIPTokenizer  # pylint: disable=g-import-not-at-top
   return CLIPTokenizer.from_pretrained(path)
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int):
+  """(input_ids, attention_mask), int32 (len(texts), max_length), padded as the tokenizer
+  pads (CLIP's: with <|endoftext|>)."""
+  out = tokenizer(list(texts), padding='max_length', max_length=max_length, truncation=True,
+                  return_tensors='np')
+  return out['input_ids'].astype(np.int32), out['attention_mask'].astype(np.int32)
 
 
 def shard_format(path: str) -> str:

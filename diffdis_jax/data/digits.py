@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
 
 NUM_CLASSES = 10
@@ -18,7 +19,6 @@ DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'e
 @functools.lru_cache(maxsize=4)
 def _load(size: int) -> tuple[np.ndarray, np.ndarray]:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
 
   digits = load_digits()
   images = digits.images.astype(np.float32)[..., None] / 16.0 * 2.0 - 1.0

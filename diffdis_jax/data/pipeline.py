@@ -22,6 +22,9 @@ import numpy as np
 
 from diffdis_jax.data import digits
 
+# the class-labelled image sets `make_train_iterator` reads, by data.name
+TRAIN_SOURCES = ('digits', 'imagenet256_latents')
+
 
 class ArraySource:
   """A grain random-access source over a dict of equally long numpy arrays."""
@@ -119,6 +122,5 @@ def make_train_iterator(config, process_index: int = 0, process_count: int = 1):
                       process_index=process_index, process_count=process_count,
                       transform=sample_latent(config.data.latent_scale))
     return iter(ds)
-  raise ValueError(f'no training input for data.name={name!r}: use digits or '
-                   'imagenet256_latents')
+  raise ValueError(f'no training input for data.name={name!r}: use one of {TRAIN_SOURCES}')
 

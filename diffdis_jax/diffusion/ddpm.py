@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 PREDICTIONS = ('epsilon', 'x0', 'v_prediction')
+DDIM_SPACINGS = ('leading', 'trailing', 'linspace')   # diffusers' names
 
 
 def betas(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
@@ -91,7 +92,7 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = 'lea
   elif spacing == 'linspace':
     ts = np.linspace(0, T - 1, num_steps).round()[::-1]
   else:
-    raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
+    raise ValueError(f'spacing must be one of {DDIM_SPACINGS}, got {spacing!r}')
   return np.clip(ts, 0, T - 1).astype(np.int32)
 
 

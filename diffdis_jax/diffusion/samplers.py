@@ -10,6 +10,7 @@ from diffdis_jax.diffusion import edm
 
 # denoiser(x, sigma) -> D(x; sigma), with sigma of shape (batch,)
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+SOLVERS = ('heun', 'euler')
 
 
 def classifier_free_guidance(denoise_fn, labels, null_label: int, scale: float) -> Denoiser:
@@ -36,8 +37,8 @@ def edm_sample(denoiser: Denoiser, noise, *, num_steps: int = 18, sigma_min: flo
   `noise` is a standard normal array; the start is noise * sigma_max. With 'heun', every step
   but the last (to sigma 0) takes a second-order correction: 2 * num_steps - 1 evaluations.
   """
-  if solver not in ('heun', 'euler'):
-    raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+  if solver not in SOLVERS:
+    raise ValueError(f'solver must be one of {SOLVERS}, got {solver!r}')
   sigmas = edm.karras_sigmas(num_steps, sigma_min, sigma_max, rho)
   sigmas = jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
   batch = noise.shape[0]

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffdis_jax.core import files
 from diffdis_jax.data.digits import NUM_CLASSES, load_digits
 from diffdis_jax.eval.fid import Statistics, frechet_distance
 
@@ -131,9 +132,7 @@ def _cache_path(cache_dir: str, seed: int, size: int) -> str:
 def _save(path: str, params) -> None:
   flat = flax.traverse_util.flatten_dict(params, sep='/')
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp.npz'
-  np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
-  os.replace(tmp, path)  # atomic: a reader never sees half a file
+  files.save_npz(path, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def _load(path: str, size: int) -> dict:

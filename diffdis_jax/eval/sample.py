@@ -1,37 +1,13 @@
-"""Class-conditional sampling with a trained SD-DiT/DiT and sample grids."""
+"""Images out of samplers: grids of samples as PNG files, and latents through a VAE decoder."""
 from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from diffdis_jax.diffusion import edm, samplers
-
-
-def make_sample_fn(model, config):
-  """sample(params, noise, labels) -> NHWC samples in data space (no mask at inference)."""
-  s = config.sample
-
-  def sample(params, noise, labels):
-    def denoise(x, sigma, y):
-      net = lambda scaled_x, c_noise: model.apply({'params': params}, scaled_x, c_noise, y)
-      return edm.denoise(net, x, sigma, config.edm.sigma_data)
-
-    denoiser = samplers.classifier_free_guidance(denoise, labels, model.num_classes,
-                                                 s.guidance)
-    return samplers.edm_sample(denoiser, noise, num_steps=s.steps, sigma_min=s.sigma_min,
-                               sigma_max=s.sigma_max, rho=s.rho, solver=s.solver)
-  return sample
-
-
-def grid_labels(config) -> np.ndarray:
-  """Labels of the grid, row-major: `per_class` rows, `grid_classes` columns spread over the
-  classes."""
-  cols = np.linspace(0, config.model.num_classes - 1, config.sample.grid_classes).round()
-  return np.tile(cols.astype(np.int32), config.sample.per_class)
+from diffdis_jax.core import files
 
 
 def to_grid(images, cols: int, pad: int = 1) -> np.ndarray:
@@ -52,13 +28,11 @@ def save_png(path: str, grid: np.ndarray, upscale: int = 1):
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   if upscale > 1:
     image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
-  image.save(path)
+  with files.atomic_path(path, suffix='.png') as tmp:
+    image.save(tmp)
 
 
-def sample_grid(sample_fn, params, config, rng) -> np.ndarray:
-  """Samples for `grid_labels`, assembled into a uint8 grid (pixel-space models)."""
-  labels = jnp.asarray(grid_labels(config))
-  m = config.model
-  noise = jax.random.normal(rng, (len(labels), m.input_size, m.input_size, m.in_channels))
-  images = sample_fn(params, noise, labels)
-  return to_grid(jax.device_get(images), config.sample.grid_classes)
+def decode_latents(vae, vae_params, latents):
+  """Images in [-1, 1] (clipped) from scaled SD latents through the VAE decoder."""
+  images = vae.apply({'params': vae_params}, latents, method='decode_latents')
+  return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from diffdis_jax.core import files
 from diffdis_jax.eval import fid
-from diffdis_jax.eval import sample as sample_lib
-from diffdis_jax.eval.sample_diffdis import decode_latents
+from diffdis_jax.eval.sample import decode_latents
+from diffdis_jax.eval.sddit_sampler import make_sample_fn
 from diffdis_jax.parallel import mesh as mesh_lib
 
 LABEL_MODES = ('balanced', 'random')
@@ -61,25 +62,13 @@ def inputs_for_indices(key, indices, shape, num_classes: int, label_mode: str):
   return noise, labels
 
 
-def load_vae(path: str):
-  """(AutoencoderKL, params) from a diffusers AutoencoderKL folder (config.json and
-  diffusion_pytorch_model.safetensors), e.g. the vae/ of an SD or DiT snapshot."""
-  # pylint: disable=g-import-not-at-top
-  from diffdis_jax.weights.convert import load_safetensors
-  from diffdis_jax.weights.stable_diffusion import from_diffusers_vae
-  with open(os.path.join(path, 'config.json')) as f:
-    vae_config = json.load(f)
-  return from_diffusers_vae(vae_config, load_safetensors(
-      os.path.join(path, 'diffusion_pytorch_model.safetensors')))
-
-
 def make_batch_sampler(model, config, mesh, vae=None):
   """jitted (params, vae_params, indices) -> (images in [-1, 1] NHWC, labels), both split
   over the mesh's data axes like `indices`."""
   m = config.model
   shape = (m.input_size, m.input_size, m.in_channels)
   key = jax.random.PRNGKey(config.sample.seed)
-  sample_fn = sample_lib.make_sample_fn(model, config)
+  sample_fn = make_sample_fn(model, config)
 
   def fn(params, vae_params, indices):
     noise, labels = inputs_for_indices(key, indices, shape, m.num_classes, config.sample.labels)
@@ -136,11 +125,8 @@ def part_path(output: str, process: int, count: int) -> str:
 
 
 def write_part(output: str, process: int, count: int, indices, images, labels):
-  path = part_path(output, process, count)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, index=indices, arr_0=images, arr_1=labels)
-  os.replace(tmp, path)
-  return path
+  return files.save_npz(part_path(output, process, count), index=indices, arr_0=images,
+                        arr_1=labels)
 
 
 def merge_parts(output: str, num_samples: int, count: int) -> str:
@@ -164,9 +150,8 @@ def merge_parts(output: str, num_samples: int, count: int) -> str:
   if not np.array_equal(indices[order], np.arange(num_samples)):
     raise ValueError(f'sample parts of {output} do not hold indices 0..{num_samples - 1} '
                      f'exactly once (got {len(indices)} rows)')
-  tmp = output + '.tmp.npz'
-  np.savez(tmp, arr_0=np.concatenate(images)[order], arr_1=np.concatenate(labels)[order])
-  os.replace(tmp, output)
+  files.save_npz(output, arr_0=np.concatenate(images)[order],
+                 arr_1=np.concatenate(labels)[order])
   for path in paths:
     os.remove(path)
   return output
@@ -177,6 +162,16 @@ def sampler_settings(config) -> dict:
   return {'solver': s.solver, 'steps': s.steps, 'guidance': s.guidance,
           'sigma_min': s.sigma_min, 'sigma_max': s.sigma_max, 'rho': s.rho,
           'labels': s.labels, 'seed': s.seed, 'vae': s.vae or None}
+
+
+def recorded_settings(config, npz_path: str) -> dict:
+  """The settings the samples were made with: the sidecar `write_samples_npz` wrote, else the
+  config's (marked as such: a file from elsewhere may have been made otherwise)."""
+  sidecar = settings_path(npz_path)
+  if os.path.exists(sidecar):
+    with open(sidecar) as f:
+      return dict(json.load(f), source=sidecar)
+  return dict(sampler_settings(config), source='config (no sidecar file)')
 
 
 def write_samples_npz(model, config, mesh, params, output: str, *, num_samples: int,
@@ -198,8 +193,7 @@ def write_samples_npz(model, config, mesh, params, output: str, *, num_samples: 
     settings = dict(sampler_settings(config), num_samples=num_samples, batch_size=batch_size,
                     devices=jax.device_count(), processes=count,
                     seconds=round(time.perf_counter() - t0, 1), **(extra_settings or {}))
-    with open(settings_path(output), 'w') as f:
-      json.dump(settings, f, indent=1, sort_keys=True)
+    files.write_json(settings_path(output), settings)
     logging.info('%d samples in %.1f s: %s', num_samples, time.perf_counter() - t0, output)
   if count > 1:
     multihost_utils.sync_global_devices('sample_npz merged')
@@ -213,10 +207,7 @@ def write_images_npz(path: str, image, label) -> str:
   Refuses to overwrite."""
   if os.path.exists(path):
     raise FileExistsError(f'{path} exists; remove it first')
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, arr_0=to_adm_images(image), arr_1=np.asarray(label, np.int32))
-  os.replace(tmp, path)
-  return path
+  return files.save_npz(path, arr_0=to_adm_images(image), arr_1=np.asarray(label, np.int32))
 
 
 def stale_parts(output: str) -> list[str]:

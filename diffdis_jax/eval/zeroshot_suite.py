@@ -13,8 +13,8 @@ Everything model-specific comes in as two functions:
     predict(params, images) -> (n, d) query estimates; images (n, s, s, 3) float in [-1, 1]
     encode(texts: list[str]) -> (n, d) text queries
 For DiffDis, `DiffDisTask.zeroshot_functions` builds them (VAE encoder for latent models, then
-`zeroshot.make_query_predictor`); `evaluate_diffdis` below is what `--mode=eval` runs for
-method=diffdis (eval/diffdis_eval.py), writing eval.json's 'zeroshot' and 'retrieval' sections.
+`diffdis_sampler.make_query_predictor`); `evaluate_and_record` below is what `--mode=eval`
+runs for it, writing eval.json's 'zeroshot' and 'retrieval' sections.
 
 Images are predicted a batch at a time as they are read, so only the (n, d) estimates are
 held: a split at 512 px would not fit in memory as float32 pixels.
@@ -29,10 +29,13 @@ import os
 import time
 from typing import Callable, NamedTuple, Optional
 
+import jax
 import numpy as np
 from PIL import Image
 
+from diffdis_jax.data.captions import CaptionRecords, find_shards
 from diffdis_jax.eval import zeroshot
+from diffdis_jax.eval.eval_json import update_eval_json
 
 SPECS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'zeroshot_classes.json')
 Predict = Callable[..., np.ndarray]
@@ -183,7 +186,6 @@ def predict_pairs(predict: Predict, params, shards, image_size: int, max_pairs: 
   CaptionRecords' fixed seed-0 order); `max_pairs` (0: all) caps the captions read. Bad
   records are skipped and counted.
   """
-  from diffdis_jax.data.captions import CaptionRecords  # pylint: disable=g-import-not-at-top
   records = CaptionRecords(list(shards), image_size=image_size, epochs=1)
   row_of, captions, caption_image, pending, preds = {}, [], [], [], []
 
@@ -211,21 +213,17 @@ def predict_pairs(predict: Predict, params, shards, image_size: int, max_pairs: 
           'caption_image': np.asarray(caption_image), 'skipped': dict(records.skipped)}
 
 
-def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: str,
-                     image_size: int, settings: Optional[dict] = None) -> dict:
-  """The DiffDis part of `--mode=eval`: the suite of `eval.zeroshot_datasets` to eval.json's
-  'zeroshot' section, image<->text recall over `eval.retrieval_shards` to 'retrieval'; each
-  section only when its input is named. `settings` (how `predict` works, the checkpoint
-  step) is written into both. Returns the sections written.
+def evaluate_and_record(predict: Predict, encode: Encode, params, *, eval_config,
+                        batch_size: int, image_size: int, workdir: str,
+                        settings: Optional[dict] = None) -> dict:
+  """The suite of `eval_config.zeroshot_datasets` to eval.json's 'zeroshot' section, and
+  image<->text recall over `eval_config.retrieval_shards` to 'retrieval'; each section only
+  when its input is named. `settings` (how `predict` works, the checkpoint step) is written
+  into both. Returns the sections written.
   """
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from diffdis_jax.data.captions import find_shards
-  from diffdis_jax.eval.evaluate import update_eval_json
-  e = config.eval
-  batch = config.diffdis.zeroshot.batch
+  ev = eval_config
   specs = load_specs()
-  datasets = parse_datasets(e.zeroshot_datasets, specs)
+  datasets = parse_datasets(ev.zeroshot_datasets, specs)
   sections = {}
 
   def write(name, value):  # at once: a failure in the next part keeps this one
@@ -235,17 +233,18 @@ def evaluate_diffdis(predict: Predict, encode: Encode, params, config, workdir: 
 
   if datasets:
     t0 = time.perf_counter()
-    results = run_suite(predict, encode, params, datasets=datasets, data_dir=e.tfds_data_dir,
-                        image_size=image_size, max_images=e.zeroshot_max_images,
-                        batch_size=batch, specs=specs)
+    results = run_suite(predict, encode, params, datasets=datasets, data_dir=ev.tfds_data_dir,
+                        image_size=image_size, max_images=ev.zeroshot_max_images,
+                        batch_size=batch_size, specs=specs)
     write('zeroshot', {'datasets': results, 'settings': settings or {},
-                       'tfds_data_dir': os.path.abspath(e.tfds_data_dir),
-                       'max_images': e.zeroshot_max_images,
+                       'tfds_data_dir': os.path.abspath(ev.tfds_data_dir),
+                       'max_images': ev.zeroshot_max_images,
                        'seconds': round(time.perf_counter() - t0, 1)})
-  if e.retrieval_shards:
+  if ev.retrieval_shards:
     t0 = time.perf_counter()
-    shards = find_shards(e.retrieval_shards)
-    pairs = predict_pairs(predict, params, shards, image_size, e.retrieval_max_pairs, batch)
+    shards = find_shards(ev.retrieval_shards)
+    pairs = predict_pairs(predict, params, shards, image_size, ev.retrieval_max_pairs,
+                          batch_size)
     text = np.asarray(encode(pairs['captions']))
     metrics = zeroshot.retrieval_recalls(zeroshot.similarity(pairs['preds'], text),
                                          pairs['caption_image'])

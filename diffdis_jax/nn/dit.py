@@ -25,6 +25,8 @@ from diffdis_jax.nn.heads import ProjectionHead
 
 # depth, width, heads (DiT paper, Table 1)
 DIT_SIZES = {'S': (12, 384, 6), 'B': (12, 768, 12), 'L': (24, 1024, 16), 'XL': (28, 1152, 16)}
+DECODER_MODES = ('separate', 'split')   # MaskDiT's own decoder stack | the stack's last blocks
+INFILLS = ('noisy', 'mask_token')       # what the decoder sees at masked positions
 
 
 def parse_dit_name(name: str) -> tuple[int, int, int, int]:
@@ -102,10 +104,10 @@ class SDDiT(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.decoder_mode not in ('separate', 'split'):
-      raise ValueError(f"decoder_mode must be 'separate' or 'split', got {self.decoder_mode!r}")
-    if self.infill not in ('noisy', 'mask_token'):
-      raise ValueError(f"infill must be 'noisy' or 'mask_token', got {self.infill!r}")
+    if self.decoder_mode not in DECODER_MODES:
+      raise ValueError(f'decoder_mode must be one of {DECODER_MODES}, got {self.decoder_mode!r}')
+    if self.infill not in INFILLS:
+      raise ValueError(f'infill must be one of {INFILLS}, got {self.infill!r}')
     block = layers.maybe_remat(DiTBlock, self.remat)
     grid = self.input_size // self.patch
     kw = dict(attention_impl=self.attention_impl, dtype=self.dtype)

@@ -35,6 +35,8 @@ from diffdis_jax.diffusion import ddpm
 
 QUERY_KINDS = ('projected_eot', 'eot', 'mean')
 POSITIVES = ('diagonal', 'same_query', 'same_label')
+IMAGE_PREDICTIONS = ('epsilon', 'v_prediction')   # what the UNet predicts of the image
+TEXT_PREDICTIONS = ('x0', 'epsilon')              # what the head predicts of the text query
 
 
 def uses_teacher(config) -> bool:
@@ -196,7 +198,7 @@ def generation_loss(params, z0, context, null_context, abar, rng, *, model, conf
   elif d.image_prediction == 'v_prediction':
     target = ddpm.v_target(z0, t, noise, abar)
   else:
-    raise ValueError(f"image_prediction must be 'epsilon' or 'v_prediction', got "
+    raise ValueError(f'image_prediction must be one of {IMAGE_PREDICTIONS}, got '
                      f'{d.image_prediction!r}')
   return jnp.mean((pred - target) ** 2), {'context_dropped': dropped.mean()}
 
@@ -230,7 +232,8 @@ def alignment_loss(params, z0, query, null_context, abar, rng, labels=None, *, m
       x0_state, _ = ddpm.x0_and_eps(out, e_t, abar[t_e][:, None], 'epsilon')
       e_hat, reg = x0_state / d.gamma, jnp.mean((out - eps) ** 2)
     else:
-      raise ValueError(f"text_prediction must be 'x0' or 'epsilon', got {d.text_prediction!r}")
+      raise ValueError(f'text_prediction must be one of {TEXT_PREDICTIONS}, got '
+                       f'{d.text_prediction!r}')
   positives = positive_mask(d.positives, e0, labels)
   logit_scale = jnp.minimum(jnp.exp(params['logit_scale']), d.logit_scale_max)
   nce, acc = info_nce(e_hat, e0, logit_scale, positives)

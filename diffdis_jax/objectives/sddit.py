@@ -20,6 +20,7 @@ from diffdis_jax.diffusion import edm
 from diffdis_jax.nn import layers, token_ops
 
 SHARED_ENCODER_KEYS = ('x_embedder', 't_embedder', 'y_embedder', 'projection_head')
+GEN_LOSS_TOKENS = ('all', 'visible')   # which patches the denoising loss counts
 
 
 def uses_teacher(config) -> bool:

@@ -16,11 +16,13 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffdis_jax.core.checks import ConfigError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
   pass
 
 

@@ -1,5 +1,8 @@
-"""The seeded comparison studies of issue 10 (`launch/study.py`, docs/study.md).
+"""Seeded comparison studies (`launch/study.py`, docs/study.md): every variant of a method at
+the same data, steps, batch and seeds, scored at the same steps.
 
+  spec.py    what a study is (base config, scales, variants) and how a run's config is made;
+             the studies themselves are configs/study.py
   plan.py    flags -> settings, the runs (variant x seed) and their configs; every check of
              the input, before anything is compiled or written
   run.py     one run: train through the Trainer to each evaluation step, score, record

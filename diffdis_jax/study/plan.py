@@ -1,9 +1,9 @@
 """What a study invocation will do, and every check of its input.
 
-The checks run in two rounds so that bad input answers fast: `check_flags` and `plan` need
-no JAX (flags, --out, the recorded settings, the variants' configs); `check_runs` then
-validates each run's config as launch/main.py would (devices, workdir identity) before
-anything is compiled. Each failure is one StudyError line.
+The checks run in two rounds so that bad input answers fast: `check_flags` and `plan` read
+only the flags, --out, the recorded settings and the variants' configs; `check_runs` then
+checks each run's config as launch/main.py would (`modes.check_run`: devices, files,
+workdir identity) before anything is compiled. Each failure is one StudyError line.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import dataclasses
 import json
 import os
 
-from configs import study as study_configs
+from diffdis_jax.core import files
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.modes.checks import check_run
+from diffdis_jax.study.spec import OverrideError, Study, Variant, eval_steps
 
 SETTINGS_FILE = 'study.json'   # DIR/<study>/study.json: the settings every run there shares
 RECORD_FILE = 'study_run.json'  # DIR/<study>/<variant>/seed<k>/study_run.json
@@ -39,7 +42,7 @@ class Settings:
 
 @dataclasses.dataclass
 class PlannedRun:
-  variant: study_configs.Variant
+  variant: Variant
   seed: int
   workdir: str
   config: object
@@ -69,17 +72,17 @@ def _positive(value, flag: str):
     raise StudyError(f'{flag} must be a positive integer, got {value}')
 
 
-def check_flags(study: str, scale: str, only: str, seeds: int, steps, eval_at: str, samples,
+def check_flags(study: Study, scale: str, only: str, seeds: int, steps, eval_at: str, samples,
                 set_items, fast_compile: bool) -> tuple[Settings, list]:
   """Settings and the chosen variants from the flags' values (None: the scale's default)."""
-  known = [v.name for v in study_configs.VARIANTS[study]]
+  known = [v.name for v in study.variants]
   chosen = [name.strip() for name in only.split(',') if name.strip()] if only else known
   unknown = [name for name in chosen if name not in known]
   if unknown:
-    raise StudyError(f'--only: unknown {study} variant(s) {", ".join(unknown)}; '
+    raise StudyError(f'--only: unknown {study.name} variant(s) {", ".join(unknown)}; '
                      f'known: {", ".join(known)}')
   _positive(seeds, '--seeds')
-  scale_cfg = study_configs.SCALE_TABLE[study, scale]
+  scale_cfg = study.scales[scale]
   steps = scale_cfg.steps if steps is None else steps
   _positive(steps, '--steps')
   samples = scale_cfg.samples if samples is None else samples
@@ -94,11 +97,11 @@ def check_flags(study: str, scale: str, only: str, seeds: int, steps, eval_at: s
       raise StudyError(f'--eval_at={eval_at}: every step count must be in 1..{steps} '
                        '(--steps, the budget)')
   else:
-    points = study_configs.eval_steps(scale_cfg.eval_fractions, steps)
-  settings = Settings(study=study, scale=scale, steps=steps, eval_at=tuple(points),
+    points = eval_steps(scale_cfg.eval_fractions, steps)
+  settings = Settings(study=study.name, scale=scale, steps=steps, eval_at=tuple(points),
                       samples=samples, set=parse_set(set_items), fast_compile=fast_compile)
   order = [name for name in known if name in chosen]  # the table's order
-  return settings, [study_configs.variant(study, name) for name in order]
+  return settings, [study.variant(name) for name in order]
 
 
 def check_out(out: str, settings: Settings):
@@ -107,7 +110,7 @@ def check_out(out: str, settings: Settings):
   if os.path.exists(path) and not os.path.isdir(path):
     raise StudyError(f'--out={out} is a file; pass a directory')
   if os.path.isdir(path) and os.listdir(path) and not any(
-      os.path.isfile(os.path.join(path, s, SETTINGS_FILE)) for s in study_configs.STUDIES):
+      os.path.isfile(os.path.join(path, name, SETTINGS_FILE)) for name in os.listdir(path)):
     raise StudyError(f'--out={out} holds files that launch/study.py did not write; pass a new '
                      'or empty directory (or one a study wrote before, to resume it)')
   parent = path
@@ -127,15 +130,16 @@ def check_out(out: str, settings: Settings):
                        f'{"; ".join(diff)}; repeat them to resume, or pass another --out')
 
 
-def plan(settings: Settings, variants, seeds: int, out: str) -> list[PlannedRun]:
+def plan(study: Study, settings: Settings, variants, seeds: int,
+         out: str) -> list[PlannedRun]:
   """One PlannedRun per variant and seed; a bad --set field or value fails here."""
   runs = []
   for v in variants:
     for seed in range(seeds):
       try:
-        config = study_configs.build_config(settings.study, settings.scale, v.name, seed,
-                                            settings.steps, settings.set, settings.samples)
-      except study_configs.OverrideError as e:
+        config = study.build_config(settings.scale, v.name, seed, settings.steps, settings.set,
+                                    settings.samples)
+      except OverrideError as e:
         raise StudyError(str(e)) from None
       workdir = os.path.join(os.path.abspath(out), settings.study, v.name, f'seed{seed}')
       runs.append(PlannedRun(v, seed, workdir, config))
@@ -151,27 +155,16 @@ def read_record(workdir: str) -> dict | None:
 
 
 def write_json(path: str, data):
-  """Atomically: a reader (or a kill) never sees half a file."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
-    f.write('\n')
-  os.replace(tmp, path)
+  """Atomically; NaN and Inf are refused (records say null for what was not finite)."""
+  files.write_json(path, data, allow_nan=False)
 
 
 def check_runs(runs: list[PlannedRun], num_devices: int):
   """Each config as launch/main.py checks it, and each workdir holds nothing of another run."""
-  # pylint: disable=g-import-not-at-top
-  from diffdis_jax import validate
-  from diffdis_jax.train import loop
   for run in runs:
     try:
-      validate.validate(run.config, num_devices)
-      validate.validate_data(run.config)
-      validate.validate_run_fields(run.config)
-      validate.validate_paths(run.config)
-      loop.check_workdir(run.config, run.workdir)
-    except (validate.ConfigError, loop.WorkdirMismatch) as e:
+      check_run(run.config, 'train', run.workdir, num_devices)
+    except ConfigError as e:
       raise StudyError(f'{run.name}: {e}') from None
     record = read_record(run.workdir)
     overrides = json.loads(json.dumps(run.variant.overrides))

@@ -11,8 +11,9 @@ import datetime
 import math
 import os
 
-from configs import study as study_configs
+from diffdis_jax.core import files
 from diffdis_jax.study.plan import read_record, write_json
+from diffdis_jax.study.spec import Study
 
 
 ABSENT = 'absent'  # the run did not measure the metric (e.g. zero-shot without a text head)
@@ -37,12 +38,11 @@ def _finished_records(variant_dir: str) -> list[dict]:
   return sorted((r for r in records if r and r['complete']), key=lambda r: r['seed'])
 
 
-def collect(study_dir: str, saved_settings: dict, command: str) -> dict:
-  study = saved_settings['study']
-  scale = study_configs.SCALE_TABLE[study, saved_settings['scale']]
-  metrics = [name for name, _ in study_configs.METRICS[study]]
+def collect(study: Study, study_dir: str, saved_settings: dict, command: str) -> dict:
+  scale = study.scales[saved_settings['scale']]
+  metrics = [name for name, _ in study.metrics]
   variants = {}
-  for v in study_configs.VARIANTS[study]:
+  for v in study.variants:
     done = _finished_records(os.path.join(study_dir, v.name))
     if not done:
       continue
@@ -61,12 +61,12 @@ def collect(study_dir: str, saved_settings: dict, command: str) -> dict:
         'hardware': done[0].get('hardware'),
     }
   return {
-      'study': study,
-      'base_config': study_configs.BASE_CONFIGS[study],
+      'study': study.name,
+      'base_config': study.base_config,
       'scale': {'name': saved_settings['scale'], 'what': scale.what},
       'settings': saved_settings,
-      'metrics': {name: better for name, better in study_configs.METRICS[study]},
-      'metrics_note': study_configs.METRIC_NOTES[study],
+      'metrics': dict(study.metrics),
+      'metrics_note': study.metric_note,
       'std': 'sample standard deviation (n - 1) over seeds; null with fewer than two',
       'command': command,
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -110,11 +110,8 @@ def table_markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_report(study_dir: str, saved_settings: dict, command: str) -> dict:
-  results = collect(study_dir, saved_settings, command)
+def write_report(study: Study, study_dir: str, saved_settings: dict, command: str) -> dict:
+  results = collect(study, study_dir, saved_settings, command)
   write_json(os.path.join(study_dir, 'results.json'), results)
-  path = os.path.join(study_dir, 'table.md')
-  with open(path + '.tmp', 'w') as f:
-    f.write(table_markdown(results))
-  os.replace(path + '.tmp', path)
+  files.write_text(os.path.join(study_dir, 'table.md'), table_markdown(results))
   return results

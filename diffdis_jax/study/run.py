@@ -17,24 +17,21 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 
 import jax
 import numpy as np
 
+from diffdis_jax.core import files
+from diffdis_jax.modes.run import build_trainer
 from diffdis_jax.study.plan import (RECORD_FILE, PlannedRun, Settings, StudyError, read_record,
                                     write_json)
-from diffdis_jax.train import loop
-from diffdis_jax.train.metrics_log import read_metrics
 
 # XLA's lowest backend optimisation for the train step: compiles several times faster on
 # CPU, steps run slower; for smoke runs (--fast_compile)
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
 # seeded, run-independent things the tasks cache in their workdir: made once per --out
 CACHE_FOLDERS = ('text_encoder', 'digits_classifier')
-# the metric the task's final evaluation always writes when it scores anything
-FINAL_EVAL_KEY = {'sddit': 'fd_digits', 'diffdis': 'zeroshot_top1'}
 
 
 def share_caches(src_root: str, dst_root: str):
@@ -48,8 +45,7 @@ def share_caches(src_root: str, dst_root: str):
       if '.tmp' in name or os.path.exists(dst):
         continue
       os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.copyfile(os.path.join(src, name), dst + '.tmp')
-      os.replace(dst + '.tmp', dst)
+      files.copy_file(os.path.join(src, name), dst)
 
 
 def hardware() -> dict:
@@ -71,25 +67,14 @@ def finite_scores(scores: dict) -> dict:
   return out
 
 
-def final_task_scores(workdir: str, step: int, study: str) -> dict:
-  """What the Trainer's final evaluation wrote to metrics.jsonl at `step` ({} if nothing)."""
-  key = FINAL_EVAL_KEY[study]
-  rows = [r for r in read_metrics(workdir) if r.get('step') == step and key in r]
-  return {k: v for k, v in rows[-1].items() if k != 'step'} if rows else {}
-
-
-def evaluate(trainer, state, step: int, settings: Settings) -> dict:
-  task, config = trainer.task, trainer.config
-  sample_fn = task.make_preview_fn(trainer.model)
-  if step == config.total_steps:  # the Trainer has just scored it
-    scores = final_task_scores(trainer.workdir, step, settings.study)
+def evaluate(trainer, state, step: int) -> dict:
+  """The task's final evaluation of the EMA params at `step` (the Trainer has just run it at
+  the end of the budget)."""
+  if step == trainer.config.total_steps:
+    scores = trainer.final_scores
   else:
-    scores = task.final_eval(sample_fn, state.ema_params)
-  if settings.study == 'diffdis':  # its task scores zero-shot only: add the generation metric
-    from diffdis_jax.eval.t2i_digits import t2i_digits_scores  # pylint: disable=g-import-not-at-top
-    scores.update(t2i_digits_scores(task, sample_fn, state.ema_params, settings.samples,
-                                    config.seed,
-                                    os.path.join(trainer.workdir, 'digits_classifier')))
+    preview_fn = trainer.task.make_preview_fn(trainer.model)
+    scores = trainer.task.final_eval(preview_fn, state.ema_params)
   return finite_scores(scores)
 
 
@@ -116,7 +101,7 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
   os.makedirs(run.workdir, exist_ok=True)
   record_path = os.path.join(run.workdir, RECORD_FILE)
   share_caches(caches, run.workdir)
-  trainer = loop.Trainer(run.config, run.workdir)
+  trainer = build_trainer(run.config, run.workdir)
   if settings.fast_compile:
     trainer.compiler_options = FAST_COMPILE
   record['num_params'] = int(sum(np.prod(x.shape) for x in
@@ -137,7 +122,7 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
       raise StudyError(f'{run.name}: its checkpoints are at step {int(state.step)}, past '
                        f'the evaluation step {step} that was never scored; delete '
                        f'{run.workdir} to run it again')
-    scores = evaluate(trainer, state, step, settings)
+    scores = evaluate(trainer, state, step)
     now = time.perf_counter()
     record['evals'][str(step)] = scores
     record['wall_seconds'] += now - t0

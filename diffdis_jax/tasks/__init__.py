@@ -1,35 +1,23 @@
-"""Per-method training tasks: everything the Trainer needs to know about a method besides its
-objective (objectives/), so that train/loop.py has no branch on the method.
-
-A task is built as `make_task(config, workdir)` and provides:
-
-  build_model()                            the flax module
-  init_params(model, rng)                  boxed parameters (traced inside the state's init)
-  finish_init(state, shardings)            the fresh state with host-side values that init
-                                           cannot trace (pretrained weights, the empty
-                                           prompt's embedding), placed with `shardings`
-  abstract_batch(batch_sharding)           ShapeDtypeStructs of one global batch
-  train_iterator(process_index, count)     this host's checkpointable batch iterator (grain)
-  prepare_batch(global_batch, step)        the step's batch from the sharded host batches
-                                           (e.g. DiffDis' frozen encoders on pairs)
-  input_metrics(data_iterator)             {name: scalar} of the input, e.g. skipped records
-  make_preview_fn(model)                   the jitted sampler `preview` uses
-  preview(preview_fn, params)              the periodic sample grid, uint8 (h, w, c), or None
-  final_eval(preview_fn, params)           {name: scalar} written to metrics.jsonl at the end
-  eval_hooks(trainer)                      callables (step, ema_params, writer, jsonl) run
-                                           after every step, each deciding when to evaluate
-"""
+"""One Task per method (tasks/base.py says what a task provides), registered here by name."""
 from __future__ import annotations
 
+from typing import Optional
+
+from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis import DiffDisTask
 from diffdis_jax.tasks.sddit import SDDiTTask
 
-TASKS = {'sddit': SDDiTTask, 'diffdis': DiffDisTask}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SDDiTTask, DiffDisTask)}
 
 
-def make_task(config, workdir: str | None = None):
+def task_class(method: str) -> type[Task]:
   try:
-    task = TASKS[config.method]
+    return TASKS[method]
   except KeyError:
-    raise ValueError(f'unknown method {config.method!r}; known: {sorted(TASKS)}') from None
-  return task(config, workdir)
+    raise ConfigError(f'method={method!r} is not one of {sorted(TASKS)}; pass '
+                      '--config.method=<one of them>') from None
+
+
+def make_task(config, workdir: Optional[str] = None) -> Task:
+  return task_class(config.method)(config, workdir)

@@ -63,18 +63,20 @@ class Checkpointer:
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 data=grain.checkpoint.CheckpointSave(data_iterator)))
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """The state at `step`; `data_iterator` is moved to where it was at that step.
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """The state at `step`; `data_iterator`, when given, is moved to where it was then.
 
-    grain writes one iterator file per process (process_I-of-N.json). A run resumed with
-    another number of processes finds no file of its own; it takes the position from any
+    Without an iterator only the state is read (sampling and evaluation need no input
+    position), so any number of processes can read a checkpoint of any other number. With
+    one: grain writes one iterator file per process (process_I-of-N.json); a run resumed with
+    another number of processes finds no file of its own and takes the position from any
     process's file, which is valid because every host's iterator counts global batches (see
     data/pipeline.py: host p reads its rows of global batch k at local index k).
     """
     logging.info('restoring step %d from %s', step, self.directory)
-    foreign = self._foreign_data_state(step)
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if foreign is None:
+    foreign = None if data_iterator is None else self._foreign_data_state(step)
+    if data_iterator is not None and foreign is None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if foreign is not None:
@@ -98,16 +100,19 @@ class Checkpointer:
       state = json.load(f)
     return files[0].split('-of-')[1].removesuffix('.json'), files[0], state
 
-  def restore_latest(self, abstract_state, data_iterator):
-    """The newest checkpoint that reads back intact, or None when there is none.
+  def restore_latest(self, abstract_state, data_iterator=None, *, required: bool = False):
+    """The newest checkpoint that reads back intact; None when there is none, or, when
+    `required`, a FileNotFoundError that says to train first.
 
     A checkpoint that fails to restore, or whose parameters do not hash to the fingerprint
     logged when it was saved, is moved to <workdir>/checkpoints_corrupt/ with a warning naming
     its step, and the next older one is tried. Intact checkpoints are never touched.
+    `data_iterator` as in `restore`.
     """
     logged = logged_fingerprints(self.workdir)
     steps = sorted(self.all_steps(), reverse=True)
-    initial_position = data_iterator.get_state() if steps else None
+    initial_position = (data_iterator.get_state() if steps and data_iterator is not None
+                        else None)
     for step in steps:
       state, problem = None, None
       try:
@@ -127,6 +132,9 @@ class Checkpointer:
       self._set_aside(step, problem or 'another process could not restore it')
     if initial_position is not None:  # a failed restore may have moved the iterator
       data_iterator.set_state(initial_position)
+    if required:
+      raise FileNotFoundError(f'no checkpoint under {self.directory}: train first, or pass '
+                              'the --workdir of a trained run')
     return None
 
   def _set_aside(self, step: int, problem: str):

@@ -1,9 +1,10 @@
 """The training loop: state on the mesh, the compiled step, logging, checkpoints, samples.
 
-Method-specific parts (model, data, sample grid, final evaluation) live in tasks/."""
+Everything that differs between methods (model, objective, data, sample grid, evaluations)
+comes from the task the Trainer is given (tasks/); nothing here names a method.
+"""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,71 +15,24 @@ import jax.numpy as jnp
 from clu import metric_writers, periodic_actions
 
 from diffdis_jax.eval.sample import save_png
-from diffdis_jax.objectives import get_objective
 from diffdis_jax.parallel import mesh as mesh_lib
-from diffdis_jax.tasks import make_task
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.train import preemption
 from diffdis_jax.train import step as step_lib
+from diffdis_jax.train import workdir as workdir_lib
 from diffdis_jax.train.metrics_log import JsonlWriter
 
-# fields that fix the shapes of the state: a workdir holding checkpoints of other values
-# belongs to another run
-IDENTITY_FIELDS = ('method', 'model', 'data.name')
-
-
-class WorkdirMismatch(ValueError):
-  pass
-
-
-def _identity(config) -> dict:
-  out = {}
-  for field in IDENTITY_FIELDS:
-    value = config
-    for part in field.split('.'):
-      value = value[part]
-    out[field] = value.to_dict() if hasattr(value, 'to_dict') else value
-  out['teacher'] = get_objective(config.method).uses_teacher(config)
-  return json.loads(json.dumps(out))
-
-
-def check_workdir(config, workdir: str):
-  """Stop before touching a workdir whose checkpoints belong to a different model or method."""
-  path = os.path.join(workdir, 'run_identity.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  mine = _identity(config)
-  diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-  if diff:
-    raise WorkdirMismatch(
-        f'workdir {workdir} holds a run with different {", ".join(diff)}; use another '
-        '--workdir or the config that run was started with')
-
-
-def _write_identity(config, workdir: str):
-  path = os.path.join(workdir, 'run_identity.json')
-  if jax.process_index() == 0 and not os.path.exists(path):
-    with open(path + '.tmp', 'w') as f:  # a kill mid-write must not leave half a file
-      json.dump(_identity(config), f, indent=1, sort_keys=True)
-    os.replace(path + '.tmp', path)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-
-
 class Trainer:
-  """Builds everything a run needs; `train()` runs it. Also used by sampling and tests."""
+  """Builds everything a run needs without compiling; `train()` runs it, and the other run
+  modes (modes/) restore its state to sample or evaluate."""
 
-  def __init__(self, config, workdir: str, devices=None):
-    """`devices`: the mesh's devices (default all); tests use a subset, e.g. to resume a
-    checkpoint of an 8-device mesh on 2 devices."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir: str, task, devices=None):
+    """`task`: the method's (tasks.make_task); `devices`: the mesh's devices (default all);
+    tests use a subset, e.g. to resume a checkpoint of an 8-device mesh on 2 devices."""
+    self.config, self.workdir, self.task = config, workdir, task
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
-    # what differs between methods (model, data, previews, final evaluation): tasks/
-    self.task = make_task(config, workdir)
-    self.model = self.task.build_model()
-    self.objective = get_objective(config.method)
+    self.model = task.build_model()
+    self.objective = task.objective
     self.tx = step_lib.make_optimizer(config)
     init_fn = step_lib.make_init_fn(self.model, self.tx, self.objective, config,
                                     init_params=self.task.init_params)
@@ -93,6 +47,7 @@ class Trainer:
     # XLA options for the step's compile, e.g. {'xla_backend_optimization_level': 0}: tests
     # use it to halve CPU compile times
     self.compiler_options = None
+    self.final_scores = {}  # what the task's final evaluation scored at the end of `train`
 
   def init_state(self):
     # the initialiser runs once: XLA's cheapest compile (a UNet's init otherwise compiles as
@@ -110,9 +65,8 @@ class Trainer:
                      out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
                      donate_argnums=0)
     t0 = time.perf_counter()
-    abstract_state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
-      lowered = jitted.lower(abstract_state, self.abstract_batch())
+      lowered = jitted.lower(self.abstract_target(), self.abstract_batch())
     compiled = lowered.compile(self.compiler_options)
     self.compile_seconds = time.perf_counter() - t0
     logging.info('train step compiled in %.1f s', self.compile_seconds)
@@ -124,20 +78,33 @@ class Trainer:
   def shard(self, batch):
     return mesh_lib.shard_batch(batch, self.mesh)
 
+  def abstract_target(self):
+    """The state's shapes with the shardings a restore onto this mesh gives them."""
+    return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
   def restore_or_init(self, checkpointer, data_iterator):
     """The newest intact checkpoint's state (broken ones are set aside), else a fresh one."""
-    target = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    state = checkpointer.restore_latest(target, data_iterator)
+    state = checkpointer.restore_latest(self.abstract_target(), data_iterator)
     return self.init_state() if state is None else state
+
+  def restore_latest(self):
+    """The newest intact checkpoint's state, without the input position (sampling and
+    evaluation need none); FileNotFoundError when the workdir holds no checkpoint."""
+    checkpointer = ckpt_lib.Checkpointer(self.workdir, max_to_keep=self.config.keep_checkpoints)
+    try:
+      return checkpointer.restore_latest(self.abstract_target(), required=True)
+    finally:
+      checkpointer.close()
 
   def train(self, stop_at: int | None = None):
     """Train to `config.total_steps` (or only to step `stop_at`, saving there)."""
     config, workdir = self.config, self.workdir
     last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
-    check_workdir(config, workdir)
+    workdir_lib.check_identity(config, self.objective, workdir)
     os.makedirs(workdir, exist_ok=True)
-    _write_identity(config, workdir)
     lead = jax.process_index() == 0
+    if lead:
+      workdir_lib.write_identity(config, self.objective, workdir)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     data_it = self.data_iterator()
     state = self.restore_or_init(checkpointer, data_it)
@@ -160,7 +127,7 @@ class Trainer:
     stop = preemption.StopRequest(checkpointer.manager, config.preemption_check_every)
     preempted = False
     # periodic evaluations of the EMA params, e.g. SD-DiT's FID every eval.fid_every steps
-    eval_hooks = self.task.eval_hooks(self)
+    eval_hooks = self.task.eval_hooks(self.model, self.mesh)
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = self.task.prepare_batch(self.shard(next(data_it)), step)
@@ -189,7 +156,7 @@ class Trainer:
       for eval_hook in eval_hooks:
         eval_hook(step, state.ema_params, writer, jsonl)
     if not preempted and last == config.total_steps:
-      scores = self.task.final_eval(sample_fn, state.ema_params)
+      scores = self.final_scores = self.task.final_eval(sample_fn, state.ema_params)
       if scores:
         writer.write_scalars(last, scores)
         jsonl.write(last, scores)
@@ -242,20 +209,3 @@ def _flat(config, prefix=''):
     elif isinstance(v, (int, float, str, bool)):
       out[f'{prefix}{k}'] = v
   return out
-
-
-def train_and_evaluate(config, workdir: str):
-  return Trainer(config, workdir).train()
-
-
-def sample_from_checkpoint(config, workdir: str, trainer: Trainer | None = None):
-  """Write the sample grid of the latest checkpoint's EMA parameters to samples/final.png."""
-  trainer = trainer or Trainer(config, workdir)
-  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint under {checkpointer.directory}: train first')
-  state = trainer.restore_or_init(checkpointer, trainer.data_iterator())
-  sample_fn = trainer.task.make_preview_fn(trainer.model)
-  trainer.write_samples(sample_fn, state.ema_params, int(state.step), None, name='final.png')
-  checkpointer.close()
-  return os.path.join(workdir, 'samples', 'final.png')

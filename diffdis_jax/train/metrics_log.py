@@ -6,6 +6,8 @@ import math
 import os
 from typing import Any
 
+from diffdis_jax.core import files
+
 
 def _plain(value: Any):
   value = value.item() if hasattr(value, 'item') else value
@@ -41,10 +43,7 @@ class JsonlWriter:
           kept.append(line)
       except (ValueError, KeyError):
         pass  # a line cut short by a kill
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    files.write_text(self.path, ''.join(kept))
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -12,6 +12,10 @@ import optax
 
 from diffdis_jax.train.state import TrainState
 
+# config.nonfinite: after a step with a non-finite loss or gradients (skipped either way),
+# go on training or stop the run
+NONFINITE_POLICIES = ('skip', 'stop')
+
 
 def make_optimizer(config) -> optax.GradientTransformation:
   o = config.optim
@@ -21,18 +25,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def make_init_fn(model, tx, objective, config, init_params=None):
+def make_init_fn(model, tx, objective, config, init_params):
   """init(rng) -> TrainState whose arrays are still boxed with logical axis names.
 
-  `init_params(model, rng)` -> boxed params; default: the method's task (tasks/), e.g.
-  model.init on dummy inputs. Boxes (nn.LogicallyPartitioned) pass through optax and tree
-  maps, so the optimizer state, EMA and teacher inherit the parameter names;
-  `nn.get_partition_spec` reads them and `nn.unbox` drops them (see train/loop.py).
+  `init_params(model, rng)` -> boxed params: the task's (tasks/), e.g. model.init on dummy
+  inputs. Boxes (nn.LogicallyPartitioned) pass through optax and tree maps, so the optimizer
+  state, EMA and teacher inherit the parameter names; `nn.get_partition_spec` reads them and
+  `nn.unbox` drops them (see train/loop.py).
   """
-  if init_params is None:
-    from diffdis_jax.tasks import make_task  # pylint: disable=g-import-not-at-top
-    init_params = make_task(config).init_params
-
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
     params = init_params(model, init_rng)
@@ -55,12 +55,12 @@ def ema_decay(step, config):
 def make_train_step(model, tx, objective, config):
   """train_step(state, batch) -> (state, metrics): forward passes, optax update, both EMAs.
 
-  With `config.nonfinite == 'skip'` a step whose loss or gradients are not finite leaves the
-  state unchanged except for the step and `skipped_steps` counters. The gradients' test is
-  that their global norm is finite: one inf or nan makes it so, and the norm is computed
-  for the metrics anyway, where a separate isfinite pass would read every gradient once more
-  (8% of an SD 1.5 UNet step's op time on CPU, docs/results.md). A norm that overflows
-  float32 (above about 1.8e19) also counts as non-finite.
+  A step whose loss or gradients are not finite leaves the state unchanged except for the step
+  and `skipped_steps` counters; the loop then goes on or stops, as `config.nonfinite` says.
+  The gradients' test is that their global norm is finite: one inf or nan makes it so, and
+  the norm is computed for the metrics anyway, where a separate isfinite pass would read
+  every gradient once more (8% of an SD 1.5 UNet step's op time on CPU, docs/results.md). A
+  norm that overflows float32 (above about 1.8e19) also counts as non-finite.
   """
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)

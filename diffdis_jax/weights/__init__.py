@@ -9,10 +9,11 @@ from diffdis_jax.weights.convert import WeightMismatchError, load_safetensors
 from diffdis_jax.weights.dit import from_diffusers_dit, from_official_dit
 from diffdis_jax.weights.stable_diffusion import (StableDiffusion, from_diffusers_unet,
                                                   from_diffusers_vae, from_transformers_clip_text,
-                                                  load_stable_diffusion)
+                                                  load_clip_text_encoder, load_stable_diffusion,
+                                                  load_vae)
 
 __all__ = [
     'WeightMismatchError', 'load_safetensors', 'from_diffusers_dit', 'from_official_dit',
     'from_diffusers_unet', 'from_diffusers_vae', 'from_transformers_clip_text',
-    'load_stable_diffusion', 'StableDiffusion',
+    'load_clip_text_encoder', 'load_stable_diffusion', 'load_vae', 'StableDiffusion',
 ]

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
 Path = tuple[str, ...]
 PICKLE_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt', '.pkl')
@@ -53,8 +54,7 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     for shard in shards:
       out.update(load_safetensors(os.path.join(os.path.dirname(path), shard)))
     return out
-  from safetensors.numpy import load_file  # bfloat16 comes back as ml_dtypes.bfloat16
-  return load_file(path)
+  return safetensors.numpy.load_file(path)  # bfloat16 comes back as ml_dtypes.bfloat16
 
 
 def expected_params(module: nn.Module, *args, **kwargs) -> dict[Path, tuple[int, ...]]:

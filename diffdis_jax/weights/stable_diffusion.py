@@ -12,6 +12,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors import safe_open
 
 from diffdis_jax.nn.clip_text import CLIPTextModel
 from diffdis_jax.nn.unet import UNet2DCondition
@@ -199,6 +200,28 @@ def load_stable_diffusion(folder, *, dtype=jnp.float32,
                          scheduler_config)
 
 
+VAE_WEIGHTS = 'diffusion_pytorch_model.safetensors'
+
+
+def load_vae(path, *, dtype=jnp.float32):
+  """(AutoencoderKL, params) from a diffusers AutoencoderKL folder (config.json beside
+  diffusion_pytorch_model.safetensors), a Stable Diffusion folder holding one as vae/, or a
+  .safetensors file (its folder's config.json when there is one, else SD's VAE config)."""
+  path = os.fspath(path)
+  if os.path.isdir(os.path.join(path, 'vae')):
+    path = os.path.join(path, 'vae')
+  weights = os.path.join(path, VAE_WEIGHTS) if os.path.isdir(path) else path
+  if not os.path.isfile(weights):
+    raise FileNotFoundError(f'{path} holds no {VAE_WEIGHTS}; pass a diffusers AutoencoderKL '
+                            'folder (or an SD folder holding vae/) or a .safetensors file')
+  config_path = os.path.join(os.path.dirname(weights), 'config.json')
+  config = {}
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
+  return from_diffusers_vae(config, load_safetensors(weights), dtype=dtype)
+
+
 def load_clip_text_encoder(directory, *, dtype=jnp.float32, attention_impl: Optional[str] = None):
   """(CLIPTextModel, params) from a transformers text-encoder folder (config.json beside
   model.safetensors), e.g. a CLIPTextModelWithProjection of CLIP ViT-L/14: SD 1.x's own
@@ -219,6 +242,5 @@ def clip_text_has_projection(directory) -> bool:
   if os.path.isfile(index):
     with open(index) as f:
       return 'text_projection.weight' in json.load(f)['weight_map']
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(os.path.join(directory, 'model.safetensors'), framework='np') as f:
     return 'text_projection.weight' in f.keys()

@@ -1,8 +1,13 @@
-"""The DiffDis demo's text encoder: a tiny CLIP trained from scratch on the captioned digits.
+"""DiffDis's frozen text encoders: `encode(texts) -> (c, e)`, the token-wise condition and the
+unit text query, as numpy.
+
+  CLIPTextEncoder    a converted transformers CLIP text tower (SD's, or init.text_encoder's)
+                     with SD's tokenizer
+  DigitsTextEncoder  the CPU demo's: a tiny CLIP trained from scratch on the captioned digits
 
 DiffDis keeps its text encoder frozen (paper §3; docs/paper_notes.md), so the demo trains one
 first, in a short seeded pre-stage: `CLIPTextModel` (nn/clip_text.py) over the captions'
-word-level tokenizer (data/captions_digits.py) plus a small MLP image tower, contrastively
+word-level tokenizer (data/digits_captions.py) plus a small MLP image tower, contrastively
 (symmetric InfoNCE, objectives/diffdis.info_nce) on the training digits and their captions.
 Captions of the same digit are positives for each other (they describe the same content; the
 templates are interchangeable). The text tower's parameters are cached under
@@ -31,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffdis_jax.data import captions_digits as cd
+from diffdis_jax.core import files
+from diffdis_jax.data import captions
+from diffdis_jax.data import digits_captions as cd
 from diffdis_jax.data.digits import load_digits
 from diffdis_jax.nn import layers
 from diffdis_jax.nn.clip_text import CLIPTextModel
@@ -114,6 +121,21 @@ def pretrain(t, seed: int, size: int, tokenizer) -> dict:
   return jax.device_get(params['text'])
 
 
+class CLIPTextEncoder:
+  """encode(texts) -> (c, e) of a converted transformers CLIP text encoder, with SD's
+  tokenizer; e is the text query `query` names (objectives/diffdis.text_query)."""
+
+  def __init__(self, tokenizer, clip, clip_params, *, context_length: int, query: str):
+    self.tokenizer, self.clip, self.clip_params = tokenizer, clip, clip_params
+    self.context_length, self.query = context_length, query
+
+  def encode(self, texts):
+    ids, mask = captions.tokenize(self.tokenizer, texts, self.context_length)
+    out = self.clip.apply({'params': self.clip_params}, ids)
+    e = text_query(out, self.query, mask)
+    return np.asarray(out['last_hidden_state'], np.float32), np.asarray(e, np.float32)
+
+
 @dataclasses.dataclass
 class DigitsTextEncoder:
   """The frozen demo text encoder: tokenizer, CLIPTextModel and its trained parameters."""
@@ -136,9 +158,7 @@ class DigitsTextEncoder:
       if path:
         os.makedirs(cache_dir, exist_ok=True)
         flat = flax.traverse_util.flatten_dict(params, sep='/')
-        tmp = f'{path}.tmp.npz'
-        np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        files.save_npz(path, **{k: np.asarray(v) for k, v in flat.items()})
     return cls(tokenizer, model, params)
 
   def encode(self, texts: Sequence[str]):

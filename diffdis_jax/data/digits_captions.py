@@ -15,18 +15,22 @@ pools at the first end-of-text token.
 
 Images and the train/test split are those of `data/digits.py`. `write_caption_shards` writes
 the same pairs as webdataset tar shards, so they can also be read through the image-text
-interface of real data (`data/captions.CaptionRecords(..., mode='L')`); the demo itself keeps
+interface of real data (`captions.CaptionRecords(..., mode='L')`); the demo itself keeps
 them in memory (`load_captioned_digits`), which is faster and exactly reproducible.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
+from diffdis_jax.data import captions
 from diffdis_jax.data.digits import DIGIT_NAMES, NUM_CLASSES, load_digits
 
 # {name}: the digit's word ("seven"); {digit}: the numeral ("7")
@@ -127,10 +131,8 @@ def build_tokenizer(folder: Optional[str] = None):
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH):
-  """(input_ids, attention_mask), int32 (len(texts), max_length), padded with <|endoftext|>."""
-  out = tokenizer(list(texts), padding='max_length', max_length=max_length, truncation=True,
-                  return_tensors='np')
-  return out['input_ids'].astype(np.int32), out['attention_mask'].astype(np.int32)
+  """`captions.tokenize` at the digits captions' length."""
+  return captions.tokenize(tokenizer, texts, max_length)
 
 
 def load_captioned_digits(split: str = 'train', size: int = 16, seed: int = 0) -> dict:
@@ -143,10 +145,6 @@ def load_captioned_digits(split: str = 'train', size: int = 16, seed: int = 0) -
 def write_caption_shards(folder: str, split: str = 'train', size: int = 16, seed: int = 0,
                          per_shard: int = 500) -> list[str]:
   """`load_captioned_digits` as webdataset tars (NNNNNN.png, 8-bit grey, + NNNNNN.txt)."""
-  import io  # pylint: disable=g-import-not-at-top
-  import tarfile  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   data = load_captioned_digits(split, size, seed)
   pixels = np.round((data['image'][..., 0] + 1.0) * 127.5).astype(np.uint8)
   os.makedirs(folder, exist_ok=True)

@@ -1,0 +1,122 @@
+"""The Task: everything a run mode needs to know about one method, behind one interface.
+
+A method is one `Task` subclass (tasks/sddit, tasks/diffdis), registered by name in
+tasks/__init__.py: the only place outside its own package where a method is named. The
+Trainer (train/) and the run modes (modes/) reach the model, the objective, the data, the
+config checks, the previews and the evaluations only through these methods, so they hold no
+branch on the method.
+
+Built cheaply: `Task(config, workdir)` stores its arguments and loads nothing; what is costly
+(pretrained weights, a text encoder's pre-stage) is loaded on first use.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffdis_jax.core.checks import check
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# the modes every task serves; `modes` of a task adds those it implements
+TRAIN_AND_GRID = ('train', 'grid')
+
+
+def compute_dtype(config):
+  """The activations' and matmuls' dtype that `config.compute_dtype` names."""
+  return COMPUTE_DTYPES[config.compute_dtype]
+
+
+class Task(abc.ABC):
+  """One method. Subclasses set `name`, `objective` and `modes`, and implement the abstract
+  methods; the others have the defaults a method without that part needs."""
+
+  name: ClassVar[str]                # the config's `method`
+  objective: ClassVar[Any]           # its objectives/ module (init_aux, loss_fn, update_aux)
+  modes: ClassVar[tuple[str, ...]] = TRAIN_AND_GRID   # the run modes it serves
+
+  def __init__(self, config, workdir: Optional[str] = None):
+    self.config, self.workdir = config, workdir
+
+  # ------------------------------------------------------------------ checks (nothing built)
+
+  @abc.abstractmethod
+  def check_config(self):
+    """Raise ConfigError on the first problem of the method's own fields (model, objective,
+    data, pretrained weights), reading at most file headers: nothing is loaded or compiled."""
+
+  def check_mode(self, mode: str, workdir: str, num_devices: Optional[int]):
+    """Raise ConfigError when `mode` cannot run: a mode the method does not serve, or a file
+    or size the mode needs (checkpoint, reference statistics, sampling batch)."""
+    del workdir, num_devices
+    check(mode in self.modes, f'--mode={mode} is not available for method={self.name}; '
+                              f'it serves {", ".join(self.modes)}')
+
+  # ------------------------------------------------------------------ model and state
+
+  @abc.abstractmethod
+  def build_model(self):
+    """The flax module the config describes."""
+
+  @abc.abstractmethod
+  def init_params(self, model, rng):
+    """Boxed parameters (traced inside the state's init, never run eagerly)."""
+
+  def finish_init(self, state, shardings):
+    """The fresh state with host-side values `init` cannot trace (pretrained weights, the
+    empty prompt's embedding), placed with `shardings`."""
+    return jax.device_put(state, shardings)
+
+  # ------------------------------------------------------------------ data
+
+  @abc.abstractmethod
+  def abstract_batch(self, batch_sharding) -> dict:
+    """ShapeDtypeStructs of one global batch, as the train step receives it."""
+
+  @abc.abstractmethod
+  def train_iterator(self, process_index: int, process_count: int):
+    """This host's checkpointable iterator of its rows of each global batch (numpy)."""
+
+  def prepare_batch(self, batch, step: int):
+    """The step's batch from the sharded host batch (e.g. frozen encoders run on it)."""
+    del step
+    return batch
+
+  def input_metrics(self, data_iterator) -> dict:
+    """{name: scalar} about the input so far, logged with the step metrics."""
+    del data_iterator
+    return {}
+
+  # ------------------------------------------------------------------ previews, evaluation
+
+  @abc.abstractmethod
+  def make_preview_fn(self, model) -> Callable:
+    """The jitted sampler that `preview` and `final_eval` use."""
+
+  @abc.abstractmethod
+  def preview(self, preview_fn, params):
+    """The periodic sample grid, uint8 (h, w, c), or None when there is nothing to show."""
+
+  def final_eval(self, preview_fn, params) -> dict:
+    """{name: scalar} of the EMA params at the end of training, written to metrics.jsonl."""
+    del preview_fn, params
+    return {}
+
+  def eval_hooks(self, model, mesh) -> list:
+    """Callables (step, ema_params, writer, jsonl) the loop runs after every step; each
+    decides when it evaluates."""
+    del model, mesh
+    return []
+
+  # ------------------------------------------------------------------ run modes
+
+  def write_samples(self, model, mesh, state) -> str:
+    """--mode=sample: samples of the state's EMA params to a file; returns its path."""
+    raise NotImplementedError(f'method={self.name} has no --mode=sample')
+
+  def evaluate(self, model, mesh, latest_state: Callable[[], Any]) -> dict:
+    """--mode=eval: scores written to <workdir>/eval.json; returns them. `latest_state()`
+    restores the newest checkpoint, for methods whose evaluation reads one."""
+    raise NotImplementedError(f'method={self.name} has no --mode=eval')

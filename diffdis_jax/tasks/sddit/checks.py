@@ -1,0 +1,186 @@
+"""SD-DiT's config checks: the DiT, the objective, the data, the DiT weights it may start from,
+and what --mode=sample, --mode=eval and FID during training need. Each problem is one
+ConfigError line that says what to fix; only file headers are read.
+"""
+from __future__ import annotations
+
+import os
+
+from safetensors import safe_open
+
+from diffdis_jax.core.checks import (ConfigError, check, existing_file, has_checkpoint, one_of,
+                                     positive_int)
+from diffdis_jax.core.spaces import is_pixel_space
+from diffdis_jax.data.pipeline import TRAIN_SOURCES
+from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
+from diffdis_jax.diffusion.samplers import SOLVERS
+from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
+from diffdis_jax.nn.dit import DECODER_MODES, INFILLS, parse_dit_name
+from diffdis_jax.objectives.sddit import GEN_LOSS_TOKENS
+from diffdis_jax.parallel import mesh as mesh_lib
+from diffdis_jax.weights.convert import CONVERT_ONE_LINER, PICKLE_SUFFIXES
+
+
+def dit_sizes(model_config) -> tuple[int, int, int, int]:
+  """(depth, width, heads, patch) of the named DiT with the config's overrides applied."""
+  m = model_config
+  try:
+    depth, width, heads, patch = parse_dit_name(m.name)
+  except ValueError as err:
+    raise ConfigError(f'model.name: {err}') from None
+  return m.depth or depth, m.width or width, m.num_heads or heads, patch
+
+
+def check_model(config):
+  m = config.model
+  depth, width, heads, patch = dit_sizes(m)
+  check(width % heads == 0, f'model width {width} is not divisible by {heads} heads')
+  check(m.input_size % patch == 0,
+        f'model.input_size {m.input_size} is not divisible by the patch size {patch}')
+  one_of(m.decoder_mode, DECODER_MODES, 'model.decoder_mode')
+  one_of(m.infill, INFILLS, 'model.infill')
+  if m.decoder_mode == 'split':
+    check(0 <= m.decoder_depth <= depth,
+          f'model.decoder_depth {m.decoder_depth} must be between 0 and the depth {depth}')
+  else:
+    check(m.decoder_depth >= 1 and m.decoder_width % m.decoder_heads == 0,
+          'a separate decoder needs decoder_depth >= 1 and decoder_width divisible by '
+          'decoder_heads')
+
+
+def check_objective(config):
+  s = config.sddit
+  check(0.0 <= s.mask_ratio < 1.0, f'sddit.mask_ratio must be in [0, 1), got {s.mask_ratio}')
+  check(s.dis_weight >= 0, f'sddit.dis_weight must be >= 0, got {s.dis_weight}')
+  one_of(s.teacher_sigma, TEACHER_SIGMA_POLICIES, 'sddit.teacher_sigma')
+  one_of(s.gen_loss_tokens, GEN_LOSS_TOKENS, 'sddit.gen_loss_tokens')
+  check(not (s.gen_loss_tokens == 'visible' and s.mask_ratio == 0 and s.masked_recon_weight),
+        'sddit.masked_recon_weight needs a mask: set sddit.mask_ratio > 0')
+  one_of(config.sample.solver, SOLVERS, 'sample.solver')
+  check(config.sample.steps >= 1, 'sample.steps must be >= 1')
+
+
+def check_data(config):
+  m = config.model
+  one_of(config.data.name, TRAIN_SOURCES, 'data.name')
+  if config.data.name == 'digits':
+    check(m.num_classes == 10 and m.in_channels == 1 and m.input_size == config.data.image_size,
+          'the digits data needs model.num_classes=10, model.in_channels=1 and '
+          'model.input_size=data.image_size')
+    return
+  check(bool(config.data.dir) and os.path.isdir(config.data.dir),
+        f'dataset {config.data.name} not found at data.dir={config.data.dir!r}; prepare it with '
+        '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
+        '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
+  check_latent_set(config)
+
+
+def check_latent_set(config):
+  """An extracted latent set in data.dir whose latents fit the model."""
+  info = os.path.join(config.data.dir, 'dataset_info.json')
+  check(os.path.isfile(info), f'data.dir={config.data.dir!r} holds no dataset_info.json: '
+                              'the latent extraction did not finish there; run --mode='
+                              'extract_latents again with --workdir=<that dir> to complete it')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(config.data.dir)
+  split = config.data.get('split', 'train')
+  check(split in builder.info.splits, f'data.split={split!r} is not in {config.data.dir} '
+                                      f'(it holds {sorted(builder.info.splits)})')
+  classes = builder.info.features['label'].num_classes
+  check(classes <= config.model.num_classes,
+        f'data.dir holds {classes} classes but model.num_classes={config.model.num_classes}; '
+        f'pass --config.model.num_classes={classes}')
+  _, side, _, channels = builder.info.features['mean'].shape
+  m = config.model
+  check((side, channels) == (m.input_size, m.in_channels),
+        f'the latents in data.dir are {side}x{side}x{channels} but the model takes '
+        f'{m.input_size}x{m.input_size}x{m.in_channels}; set --config.model.input_size='
+        f'{side} --config.model.in_channels={channels}')
+
+
+def check_dit_weights(config):
+  """init.dit_weights, when set: a facebookresearch/DiT safetensors file whose shapes are the
+  configured model's (only its header is read; pickles are refused, never unpickled)."""
+  path = config.get('init', {}).get('dit_weights', '')
+  if not path:
+    return
+  field = f'init.dit_weights={path!r}'
+  check(not path.endswith(PICKLE_SUFFIXES),
+        f'{field} is a pickle checkpoint, which is never loaded (unpickling runs arbitrary '
+        f'code); convert it to safetensors: {CONVERT_ONE_LINER}')
+  check(os.path.isfile(path), f'{field}: no such file; pass --config.init.dit_weights=FILE')
+  try:
+    with safe_open(path, framework='numpy') as f:  # reads the header only
+      shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  except Exception as err:  # pylint: disable=broad-except
+    raise ConfigError(f'{field} is not a safetensors file ({type(err).__name__}); convert it: '
+                      f'{CONVERT_ONE_LINER}') from None
+  m = config.model
+  depth, width, _, patch = dit_sizes(m)
+  want = {'x_embedder.proj.weight': (width, m.in_channels, patch, patch),
+          'y_embedder.embedding_table.weight': (m.num_classes + 1, width)}
+  got_depth = len({k.split('.')[1] for k in shapes if k.startswith('blocks.')})
+  wrong = [f'{k} {shapes.get(k)} (want {v})' for k, v in want.items() if shapes.get(k) != v]
+  if got_depth != depth:
+    wrong.append(f'{got_depth} blocks (want {depth})')
+  check(not wrong, f'{field} does not fit model {m.name} (width {width}, depth {depth}, '
+                   f'{m.in_channels} channels, {m.num_classes} classes): {"; ".join(wrong)}')
+
+
+def check_config(config):
+  for part in (check_model, check_objective, check_data, check_dit_weights):
+    part(config)
+
+
+# ----------------------------------------------------------------------------- run modes
+
+
+def _check_vae(config):
+  if is_pixel_space(config.model.in_channels):
+    return
+  path = config.sample.vae
+  check(bool(path), f'model.in_channels={config.model.in_channels}: latent samples need a VAE '
+                    'decoder; pass --config.sample.vae=DIR (a diffusers AutoencoderKL folder)')
+  for name in ('config.json', 'diffusion_pytorch_model.safetensors'):
+    check(os.path.isfile(os.path.join(path, name)),
+          f'sample.vae={path!r} holds no {name}; pass a diffusers AutoencoderKL folder '
+          '(see docs/weights.md)')
+
+
+def _check_sampling(config, num_devices):
+  s = config.sample
+  one_of(s.labels, LABEL_MODES, 'sample.labels')
+  positive_int(s.batch_size, 'sample.batch_size')
+  if num_devices is not None:
+    sizes = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
+    dp = sizes[0] * sizes[1]
+    check(s.batch_size % dp == 0, f'sample.batch_size {s.batch_size} is not divisible by the '
+                                  f'data-parallel size {dp}; change --config.sample.batch_size')
+  _check_vae(config)
+
+
+def check_mode(config, mode: str, workdir: str, num_devices):
+  """The files and sizes --mode=sample, --mode=eval and FID during training need."""
+  s, ev = config.sample, config.eval
+  weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
+  ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'
+  fid_in_training = mode == 'train' and ev.fid_every > 0
+  if mode == 'sample' or fid_in_training:
+    _check_sampling(config, num_devices)
+  if mode == 'sample':
+    check(s.num_samples > 0, f'sample.num_samples must be positive, got {s.num_samples}')
+    has_checkpoint(workdir)
+    output = default_output(config, workdir)
+    check(not os.path.exists(output), f'{output} exists and would be overwritten; remove it or '
+                                      'pass --config.sample.output=PATH')
+  if fid_in_training:
+    check(ev.fid_samples >= 2 and ev.fid_samples % s.batch_size == 0,
+          f'eval.fid_samples {ev.fid_samples} must be a multiple of sample.batch_size '
+          f'{s.batch_size}')
+  if mode == 'eval' or fid_in_training:
+    existing_file(ev.inception_weights, 'eval.inception_weights', weights_hint)
+    existing_file(ev.reference_npz, 'eval.reference_npz', ref_hint)
+  if mode == 'eval':
+    samples = ev.samples_npz or default_output(config, workdir)
+    check(os.path.isfile(samples), f'samples file {samples} does not exist; write it with '
+                                   '--mode=sample or pass --config.eval.samples_npz=PATH')

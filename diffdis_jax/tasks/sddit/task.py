@@ -1,0 +1,195 @@
+"""SD-DiT (and the DiT / MaskDiT baselines, which are settings of it): class-conditional EDM
+on images or latents, with FID files for evaluation."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffdis_jax import weights
+from diffdis_jax.core.files import file_sha256
+from diffdis_jax.core.spaces import is_pixel_space
+from diffdis_jax.data import pipeline
+from diffdis_jax.eval import fid, sample_npz
+from diffdis_jax.eval import sddit_sampler
+from diffdis_jax.eval.digits_metric import DigitsMetric
+from diffdis_jax.eval.eval_json import update_eval_json
+from diffdis_jax.eval.fid_during_training import FIDDuringTraining
+from diffdis_jax.nn.dit import SDDiT
+from diffdis_jax.objectives import sddit as objective
+from diffdis_jax.tasks import base
+from diffdis_jax.tasks.sddit import checks
+
+
+def dummy_inputs(model, batch: int = 1):
+  """Arguments for model.init: NHWC image, noise-level input, class ids."""
+  x = jnp.zeros((batch, model.input_size, model.input_size, model.in_channels), jnp.float32)
+  return x, jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32)
+
+
+def build_sddit(config) -> SDDiT:
+  """The SDDiT of `config.model`; the projection head exists only when the teacher is used."""
+  m = config.model
+  depth, width, heads, patch = checks.dit_sizes(m)
+  head = dict(m.head) if objective.uses_teacher(config) else None
+  return SDDiT(
+      input_size=m.input_size, in_channels=m.in_channels, patch=patch, width=width,
+      depth=depth, num_heads=heads, num_classes=m.num_classes, learn_sigma=m.learn_sigma,
+      decoder_mode=m.decoder_mode, decoder_depth=m.decoder_depth,
+      decoder_width=m.decoder_width, decoder_heads=m.decoder_heads, infill=m.infill,
+      head=head, attention_impl=m.attention_impl, remat=m.remat,
+      dtype=base.compute_dtype(config))
+
+
+class SDDiTTask(base.Task):
+
+  name = 'sddit'
+  objective = objective
+  modes = base.TRAIN_AND_GRID + ('sample', 'eval')
+
+  def check_config(self):
+    checks.check_config(self.config)
+
+  def check_mode(self, mode, workdir, num_devices):
+    super().check_mode(mode, workdir, num_devices)
+    checks.check_mode(self.config, mode, workdir, num_devices)
+
+  # ------------------------------------------------------------------ model and state
+
+  def build_model(self):
+    return build_sddit(self.config)
+
+  def init_params(self, model, rng):
+    return model.init(rng, *dummy_inputs(model))['params']
+
+  def finish_init(self, state, shardings):
+    """With init.dit_weights: every DiT parameter that fits, in the params, their EMA and the
+    teacher (which start as copies of the params)."""
+    path = self.config.init.dit_weights
+    if not path:
+      return jax.device_put(state, shardings)
+    m = self.config.model
+    sizes = {k: m[k] for k in ('depth', 'width', 'num_heads') if m.get(k)}
+    params, loaded, kept = weights.dit.with_official_dit(
+        jax.device_get(state.params), weights.load_safetensors(path), m.name, **sizes)
+    logging.info('init.dit_weights=%s: %d parameters loaded, %d kept from initialisation '
+                 '(%s)', path, len(loaded), len(kept), ', '.join(kept[:8]))
+    aux = jax.device_get(state.aux)
+    if 'teacher' in aux:
+      aux = dict(aux, teacher={k: params[k] for k in aux['teacher']})
+    # host copies: params, EMA and teacher must not share device buffers (the step donates)
+    state = state.replace(params=params, ema_params=jax.tree.map(np.array, params),
+                          aux=jax.tree.map(np.array, aux))
+    return jax.device_put(state, shardings)
+
+  # ------------------------------------------------------------------ data
+
+  def abstract_batch(self, batch_sharding):
+    m, b = self.config.model, self.config.batch_size
+    return {
+        'image': jax.ShapeDtypeStruct((b, m.input_size, m.input_size, m.in_channels),
+                                      jnp.float32, sharding=batch_sharding),
+        'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding),
+    }
+
+  def train_iterator(self, process_index: int, process_count: int):
+    return pipeline.make_train_iterator(self.config, process_index, process_count)
+
+  # ------------------------------------------------------------------ previews, evaluation
+
+  def make_preview_fn(self, model):
+    return jax.jit(sddit_sampler.make_sample_fn(model, self.config))
+
+  def preview(self, preview_fn, params):
+    """The class-conditional grid: `sample.per_class` rows, one column per shown class."""
+    if not is_pixel_space(self.config.model.in_channels):
+      logging.info('sample grid skipped: latents need a VAE decoder to be shown')
+      return None
+    rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
+    return sddit_sampler.sample_grid(preview_fn, params, self.config, rng)
+
+  def final_eval(self, preview_fn, params) -> dict:
+    """fd_digits and sample_class_acc of class-balanced samples (see eval/digits_metric.py)."""
+    config, m = self.config, self.config.model
+    n = config.eval.digits_samples
+    if config.data.name != 'digits' or not n:
+      return {}
+    labels = jnp.arange(n, dtype=jnp.int32) % m.num_classes
+    noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
+                              (n, m.input_size, m.input_size, m.in_channels))
+    samples = jax.device_get(preview_fn(params, noise, labels))
+    metric = DigitsMetric.create(cache_dir=os.path.join(self.workdir, 'digits_classifier'),
+                                 seed=0, size=config.data.image_size)
+    scores = metric.evaluate(samples, jax.device_get(labels))
+    logging.info('digits metric on %d samples: %s', n, scores)
+    return scores
+
+  def eval_hooks(self, model, mesh) -> list:
+    """FID of EMA samples every eval.fid_every steps, when configured."""
+    ev = self.config.eval
+    if not ev.fid_every:
+      return []
+    extractor = fid.InceptionExtractor.from_file(ev.inception_weights, batch_size=ev.batch_size,
+                                                 keys=('pool',))
+    reference = fid.read_reference(ev.reference_npz, extractor, ev.batch_size)
+    vae, vae_params = self.sampling_vae()
+    sampler, sharding = sample_npz.make_batch_sampler(model, self.config, mesh, vae)
+    return [FIDDuringTraining(sampler, sharding, vae_params, extractor, reference,
+                              every=ev.fid_every, num_samples=ev.fid_samples,
+                              batch_size=self.config.sample.batch_size)]
+
+  # ------------------------------------------------------------------ run modes
+
+  def sampling_vae(self):
+    """(vae, vae_params) that decode the model's latents, or (None, None) for pixels."""
+    config = self.config
+    if is_pixel_space(config.model.in_channels):
+      return None, None
+    vae, vae_params = weights.load_vae(config.sample.vae)
+    if abs(vae.scaling_factor - config.data.latent_scale) > 1e-6:
+      raise ValueError(f'the VAE at {config.sample.vae} scales latents by {vae.scaling_factor}, '
+                       f'the data by data.latent_scale={config.data.latent_scale}')
+    return vae, vae_params
+
+  def write_samples(self, model, mesh, state) -> str:
+    """`sample.num_samples` class-conditional samples of the EMA params, ADM's .npz format."""
+    config = self.config
+    vae, vae_params = self.sampling_vae()
+    return sample_npz.write_samples_npz(
+        model, config, mesh, state.ema_params, sample_npz.default_output(config, self.workdir),
+        num_samples=config.sample.num_samples, batch_size=config.sample.batch_size, vae=vae,
+        vae_params=vae_params,
+        extra_settings={'checkpoint_step': int(state.step),
+                        'workdir': os.path.abspath(self.workdir), 'model': config.model.name,
+                        'method': config.method})
+
+  def evaluate(self, model, mesh, latest_state) -> dict:
+    """FID, sFID, IS, precision and recall of the samples file against the reference, with
+    the settings the samples were made with, to eval.json's 'images' section. Reads no
+    checkpoint: the file holds the samples."""
+    del model, mesh, latest_state
+    ev = self.config.eval
+    npz_path = ev.samples_npz or sample_npz.default_output(self.config, self.workdir)
+    extractor = fid.InceptionExtractor.from_file(ev.inception_weights, batch_size=ev.batch_size)
+    t0 = time.perf_counter()
+    metrics = fid.evaluate_files(npz_path, ev.reference_npz, extractor, batch_size=ev.batch_size)
+    record = {
+        'metrics': metrics,
+        'samples': {'file': os.path.abspath(npz_path), 'sha256': file_sha256(npz_path),
+                    'num_samples': int(metrics['num_samples'])},
+        'sampler': sample_npz.recorded_settings(self.config, npz_path),
+        'reference': {'file': os.path.abspath(ev.reference_npz),
+                      'num_reference': metrics.get('num_reference')},
+        'inception_weights': {'file': os.path.abspath(ev.inception_weights)
+                              if ev.inception_weights else None},
+        'protocol': 'ADM evaluator (docs/evaluation.md)',
+        'seconds': round(time.perf_counter() - t0, 1),
+    }
+    if jax.process_index() == 0:
+      path = update_eval_json(self.workdir, 'images', record)
+      logging.info('eval: %s -> %s', {k: round(v, 4) for k, v in metrics.items()}, path)
+    return record

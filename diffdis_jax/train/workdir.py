@@ -1,0 +1,57 @@
+"""Which run a workdir belongs to: a workdir holding checkpoints of another model or method
+must not be trained on, sampled or evaluated as if it were this config's.
+
+The first run in a workdir writes run_identity.json (the fields that fix the shapes of the
+train state) and config.json (the whole config, for people); later runs compare.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from diffdis_jax.core import files
+from diffdis_jax.core.checks import ConfigError
+
+IDENTITY_FILE = 'run_identity.json'
+IDENTITY_FIELDS = ('method', 'model', 'data.name')
+
+
+class WorkdirMismatch(ConfigError):
+  pass
+
+
+def identity(config, objective) -> dict:
+  """IDENTITY_FIELDS of `config`, plus whether the objective keeps a teacher in the state."""
+  out = {}
+  for field in IDENTITY_FIELDS:
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    out[field] = value.to_dict() if hasattr(value, 'to_dict') else value
+  out['teacher'] = objective.uses_teacher(config)
+  return json.loads(json.dumps(out))
+
+
+def check_identity(config, objective, workdir: str):
+  """Stop before touching a workdir whose checkpoints belong to a different model or method."""
+  path = os.path.join(workdir, IDENTITY_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  mine = identity(config, objective)
+  diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+  if diff:
+    raise WorkdirMismatch(
+        f'workdir {workdir} holds a run with different {", ".join(diff)}; use another '
+        '--workdir or the config that run was started with')
+
+
+def write_identity(config, objective, workdir: str):
+  """run_identity.json and config.json, once (the first run in the workdir)."""
+  path = os.path.join(workdir, IDENTITY_FILE)
+  if os.path.exists(path):
+    return
+  files.write_json(path, identity(config, objective))
+  files.write_text(os.path.join(workdir, 'config.json'),
+                   config.to_json_best_effort(indent=1, sort_keys=True))
