@@ -1,6 +1,7 @@
 # make demo   train the CPU demo (creates .venv on first use) and print where its grid is
 # make demo-diffdis  train the DiffDis CPU demo and print its zero-shot accuracy
-# make test   run the test suite on 8 virtual CPU devices (creates .venv on first use)
+# make test   check the import layers (.importlinter), then run the test suite on 8 virtual
+#             CPU devices (creates .venv on first use)
 # make bench  run the CPU benchmarks
 PYTHON ?= python3
 VENV := .venv
@@ -33,6 +34,7 @@ demo-diffdis: $(VENV)/.base
 	@echo "text-to-image grid: $$(ls -1 $(DEMO_DIFFDIS_DIR)/samples/*.png | tail -n 1)"
 
 test: $(VENV)/.test
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 bench: $(VENV)/.test

@@ -11,6 +11,8 @@ setup(
     description='SD-DiT and DiffDis: diffusion transformers and UNets with self-supervised '
                 'discrimination, in JAX/Flax',
     packages=find_packages(include=['diffdis_jax', 'diffdis_jax.*']),
+    # the zero-shot suite's class names and prompts (eval/zeroshot_suite.py)
+    package_data={'diffdis_jax.eval': ['zeroshot_classes.json']},
     python_requires='>=3.11',
     install_requires=[
         'jax>=0.10.2,<0.12',
@@ -38,9 +40,10 @@ setup(
             'torch==2.13.0',   # exactly: its CPU wheel is local; others download gigabytes
             'diffusers>=0.35',
             # pytorch-fid's InceptionV3 is the FID reference; torchvision 0.28 pairs with torch
-            # 2.13 (tests/torch_compat.py lets its CUDA build import beside the CPU torch)
+            # 2.13 (diffdis_jax/torch_peers.py lets its CUDA build import beside the CPU torch)
             'torchvision==0.28.0',
             'pytorch-fid==0.3.0',
+            'import-linter>=2.1',   # the layers contract in .importlinter
             'pytest>=8',
             'pytest-xdist>=3.5',
             'nbclient>=0.10',

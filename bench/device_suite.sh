@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's accelerator measurements as one prepared call, for a lent GPU machine whose
+# The accelerator measurements of docs/results.md as one prepared call, for a lent GPU machine whose
 # device time is short (docs/results.md says what each figure is for).
 #
 # Here, once per checkout:  bash bench/device_wheels.sh   (the packages the GPU image lacks)

@@ -6,7 +6,7 @@
 An SD-DiT step runs the masked student (forward + backward) and the teacher encoder (forward
 only) where DiT runs one full forward + backward, so at equal MFU their step-time ratio is
 the ratio of model FLOPs per training image printed here (`ratio_vs_dit`). It says which
-settings can meet a step-time target before any device time is spent: e.g. issue 9's
+settings can meet a step-time target before any device time is spent: e.g.
 "SD-DiT-XL/2 at most 1.15x DiT-XL/2" (docs/results.md). One JSON line per setting.
 """
 from __future__ import annotations

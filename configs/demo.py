@@ -6,32 +6,32 @@ from configs import common
 
 
 def get_config():
-  c = common.get_base_config()
-  c.data.name = 'digits'
-  c.data.image_size = 16
-  c.model.name = 'DiT-S/2'
-  c.model.input_size = 16
-  c.model.in_channels = 1
-  c.model.num_classes = 10
-  c.model.width = 96
-  c.model.depth = 4
-  c.model.num_heads = 4
-  c.model.decoder_depth = 2
-  c.model.decoder_width = 96
-  c.model.decoder_heads = 4
-  c.model.head = dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3)
-  c.batch_size = 32
-  c.total_steps = 1000
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.sample_every = 500
-  c.ema_decay = 0.999
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.grad_clip = 1.0
-  c.sample.steps = 18
-  c.sample.per_class = 6
-  c.sample.guidance = 1.5
-  c.eval.digits_samples = 300       # fd_digits and sample_class_acc at the end
-  c.mesh.data = -1                   # plain data parallelism over whatever devices there are
-  return c
+  config = common.get_base_config()
+  config.data.name = 'digits'
+  config.data.image_size = 16
+  config.model.name = 'DiT-S/2'
+  config.model.input_size = 16
+  config.model.in_channels = 1
+  config.model.num_classes = 10
+  config.model.width = 96
+  config.model.depth = 4
+  config.model.num_heads = 4
+  config.model.decoder_depth = 2
+  config.model.decoder_width = 96
+  config.model.decoder_heads = 4
+  config.model.head = dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3)
+  config.batch_size = 32
+  config.total_steps = 1000
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.sample_every = 500
+  config.ema_decay = 0.999
+  config.optim.lr = 1e-3
+  config.optim.warmup_steps = 100
+  config.optim.grad_clip = 1.0
+  config.sample.steps = 18
+  config.sample.per_class = 6
+  config.sample.guidance = 1.5
+  config.eval.digits_samples = 300  # fd_digits and sample_class_acc at the end
+  config.mesh.data = -1              # plain data parallelism over whatever devices there are
+  return config

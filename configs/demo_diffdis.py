@@ -15,10 +15,10 @@ from diffdis_jax.data import digits_captions
 
 
 def get_config():
-  c = diffdis_common.diffdis_config()
-  c.data.name = 'captioned_digits'
-  c.data.image_size = 8             # the digits' native resolution: 4x cheaper than 16x16
-  m = c.model
+  config = diffdis_common.diffdis_config()
+  config.data.name = 'captioned_digits'
+  config.data.image_size = 8        # the digits' native resolution: 4x cheaper than 16x16
+  m = config.model
   m.input_size, m.in_channels = 8, 1              # pixels in [-1, 1]: no VAE
   m.block_out_channels = (32, 64)
   m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
@@ -27,14 +27,14 @@ def get_config():
   m.attention_head_dim = 4                        # heads (diffusers' name)
   m.norm_num_groups = 8
 
-  c.text_encoder = ml_collections.ConfigDict(dict(
+  config.text_encoder = ml_collections.ConfigDict(dict(
       hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
       projection_dim=32, image_hidden=128, pretrain_steps=400, pretrain_batch=128,
       pretrain_lr=3e-3, seed=0))
 
-  d = c.diffdis
-  d.text_dim = c.text_encoder.projection_dim
-  d.context_dim = c.text_encoder.hidden_size
+  d = config.diffdis
+  d.text_dim = config.text_encoder.projection_dim
+  d.context_dim = config.text_encoder.hidden_size
   d.context_length = digits_captions.MAX_LENGTH
   d.head_blocks = 1
   d.positives = 'same_label'      # generated captions: every image of a digit shares content
@@ -43,14 +43,14 @@ def get_config():
   d.sample.steps = 20
   d.sample.guidance = 3.0
 
-  c.batch_size = 32
-  c.total_steps = 600
-  c.log_every = 50
-  c.checkpoint_every = 300
-  c.sample_every = 300
-  c.ema_decay = 0.999
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.grad_clip = 1.0
-  c.mesh.data = -1
-  return c
+  config.batch_size = 32
+  config.total_steps = 600
+  config.log_every = 50
+  config.checkpoint_every = 300
+  config.sample_every = 300
+  config.ema_decay = 0.999
+  config.optim.lr = 1e-3
+  config.optim.warmup_steps = 100
+  config.optim.grad_clip = 1.0
+  config.mesh.data = -1
+  return config

@@ -98,35 +98,35 @@ def diffdis_eval() -> ml_collections.ConfigDict:
   """config.eval of a DiffDis config: what --mode=eval reads (tasks/diffdis/task.py) and the
   final evaluation's sample count. The predictor's settings (steps, guidance, seeds, batch)
   are diffdis.zeroshot's."""
-  e = ml_collections.ConfigDict()
+  ev = ml_collections.ConfigDict()
   # zero-shot suite (eval/zeroshot_suite.py): comma-separated names of
   # eval/zeroshot_classes.json ('cifar10,dtd'), 'all', or '' : none
-  e.zeroshot_datasets = ''
-  e.tfds_data_dir = ''            # prepared tfds datasets; nothing is downloaded
-  e.zeroshot_max_images = 0       # per dataset; 0: the whole test split
+  ev.zeroshot_datasets = ''
+  ev.tfds_data_dir = ''           # prepared tfds datasets; nothing is downloaded
+  ev.zeroshot_max_images = 0      # per dataset; 0: the whole test split
   # image<->text retrieval R@1/5/10: a glob of image-text shards (data/captions.py formats),
   # e.g. COCO's 5k test images with their 5 captions each; '' : none
-  e.retrieval_shards = ''
-  e.retrieval_max_pairs = 0       # captions read; 0: all
+  ev.retrieval_shards = ''
+  ev.retrieval_max_pairs = 0      # captions read; 0: all
   # captioned digits only: text-to-image samples of the class prompts scored at the end of
   # training by the digits metric (fd_digits, sample_class_acc); 0: none
-  e.digits_samples = 0
-  return e
+  ev.digits_samples = 0
+  return ev
 
 
 def diffdis_config() -> ml_collections.ConfigDict:
   """The shared fields (configs/common.py) less SD-DiT's, plus the UNet, `diffdis`, `init` and
   DiffDis' own `eval` section."""
-  c = common.get_base_config()
-  c.method = 'diffdis'
+  config = common.get_base_config()
+  config.method = 'diffdis'
   for sddit_only in ('sddit', 'edm', 'sample', 'eval'):
-    del c[sddit_only]
-  c.eval = diffdis_eval()
-  c.model = sd15_unet()
-  c.diffdis = diffdis_defaults()
-  c.init = ml_collections.ConfigDict()
-  c.init.sd_folder = ''           # a diffusers SD folder: its UNet initialises the model
-  c.init.text_encoder = ''        # a transformers CLIP text folder for c and e; '' : the SD
+    del config[sddit_only]
+  config.eval = diffdis_eval()
+  config.model = sd15_unet()
+  config.diffdis = diffdis_defaults()
+  config.init = ml_collections.ConfigDict()
+  config.init.sd_folder = ''      # a diffusers SD folder: its UNet initialises the model
+  config.init.text_encoder = ''   # a transformers CLIP text folder for c and e; '' : the SD
                                   # folder's (SD 1.x's lacks the projection 'projected_eot' uses)
-  c.data.name = 'image_text_pairs'
-  return c
+  config.data.name = 'image_text_pairs'
+  return config

@@ -20,15 +20,15 @@ from configs import diffdis_common
 
 
 def get_config():
-  c = diffdis_common.diffdis_config()   # model: SD 1.5's UNet on 64x64x4 latents
-  c.data.name = 'image_text_pairs'
-  c.compute_dtype = 'bfloat16'
-  c.batch_size = 256
-  c.total_steps = 100_000
-  c.optim.lr = 1e-5                      # fine-tuning a pretrained UNet
-  c.optim.warmup_steps = 1000
-  c.optim.grad_clip = 1.0
-  c.log_every = 100
-  c.checkpoint_every = 5_000
-  c.sample_every = 5_000
-  return c
+  config = diffdis_common.diffdis_config()  # model: SD 1.5's UNet on 64x64x4 latents
+  config.data.name = 'image_text_pairs'
+  config.compute_dtype = 'bfloat16'
+  config.batch_size = 256
+  config.total_steps = 100_000
+  config.optim.lr = 1e-5                 # fine-tuning a pretrained UNet
+  config.optim.warmup_steps = 1000
+  config.optim.grad_clip = 1.0
+  config.log_every = 100
+  config.checkpoint_every = 5_000
+  config.sample_every = 5_000
+  return config

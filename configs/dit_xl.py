@@ -6,9 +6,9 @@ from configs import common
 
 
 def get_config():
-  c = common.imagenet_config('DiT-XL/2')
-  c.model.decoder_mode = 'split'
-  c.model.decoder_depth = 0
-  c.sddit.dis_weight = 0.0
-  c.sddit.mask_ratio = 0.0
-  return c
+  config = common.imagenet_config('DiT-XL/2')
+  config.model.decoder_mode = 'split'
+  config.model.decoder_depth = 0
+  config.sddit.dis_weight = 0.0
+  config.sddit.mask_ratio = 0.0
+  return config

@@ -1,4 +1,5 @@
-"""bench/flops.py: SD-DiT's analytic cost against DiT's, the table behind issue 9's step target."""
+"""bench/flops.py: SD-DiT's analytic cost against DiT's, the table behind the step-time target
+in docs/results.md."""
 import os
 import subprocess
 import sys

@@ -53,20 +53,20 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
 def open_source(extract_config):
   """The TFDS builder of the images, prepared from `manual_dir` first if it is not yet."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  e = extract_config
-  data_dir = e.source_dir or None
-  builder = tfds.builder(e.source, data_dir=data_dir)  # prepared: in whatever format it is
+  ex = extract_config
+  data_dir = ex.source_dir or None
+  builder = tfds.builder(ex.source, data_dir=data_dir)  # prepared: in whatever format it is
   if not builder.is_prepared():
     # prepared here in ArrayRecord: random access lets each host read just its shards
-    builder = tfds.builder(e.source, data_dir=data_dir, file_format='array_record')
-    if not e.manual_dir:
+    builder = tfds.builder(ex.source, data_dir=data_dir, file_format='array_record')
+    if not ex.manual_dir:
       raise ExtractionError(
-          f'{e.source} is not prepared under data.extract.source_dir={e.source_dir!r}; pass '
+          f'{ex.source} is not prepared under data.extract.source_dir={ex.source_dir!r}; pass '
           '--config.data.extract.manual_dir=DIR holding the official tar files (nothing is '
           'downloaded)')
-    logging.info('preparing %s from %s (once; later runs reuse it)', e.source, e.manual_dir)
+    logging.info('preparing %s from %s (once; later runs reuse it)', ex.source, ex.manual_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=e.manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+        manual_dir=ex.manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   return builder
 
 

@@ -103,7 +103,7 @@ def _masked_mean(values, weights):
 
 def loss_fn(params, batch, rng, aux, step, *, model, config):
   """Returns (loss, (metrics, outputs)); `outputs` feed `update_aux`."""
-  s, e = config.sddit, config.edm
+  s, edm_cfg = config.sddit, config.edm
   x0, labels = batch['image'].astype(jnp.float32), batch['label']
   b, num_tokens = x0.shape[0], model.num_tokens
   r_drop, r_sigma, r_noise, r_mask = jax.random.split(rng, 4)
@@ -113,19 +113,20 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
   labels = jnp.where(drop, model.num_classes, labels)
 
   # student and teacher views: one noise draw, two noise levels on the same PF-ODE
-  sigma_s = edm.sample_sigma(r_sigma, b, e.p_mean, e.p_std)
+  sigma_s = edm.sample_sigma(r_sigma, b, edm_cfg.p_mean, edm_cfg.p_std)
   noise = layers.constrain(jax.random.normal(r_noise, x0.shape, jnp.float32), layers.IMAGE)
   x_s = x0 + edm.per_sample(sigma_s, x0) * noise
   keep_idx = random_keep_indices(r_mask, b, num_tokens, s.mask_ratio)
   visible = keep_mask(keep_idx, b, num_tokens)
 
-  c_skip, c_out, c_in, c_noise = edm.preconditioning(sigma_s, e.sigma_data)
+  c_skip, c_out, c_in, c_noise = edm.preconditioning(sigma_s, edm_cfg.sigma_data)
   net_out, student_tokens = model.apply(
       {'params': params}, edm.per_sample(c_in, x0) * x_s, c_noise, labels, keep_idx,
       method='forward_with_tokens')
   denoised = (edm.per_sample(c_skip, x0) * x_s
               + edm.per_sample(c_out, x0) * net_out.astype(jnp.float32))
-  per_pixel = edm.per_sample(edm.loss_weight(sigma_s, e.sigma_data), x0) * (denoised - x0) ** 2
+  weight = edm.per_sample(edm.loss_weight(sigma_s, edm_cfg.sigma_data), x0)
+  per_pixel = weight * (denoised - x0) ** 2
   per_patch = token_ops.patchify(per_pixel, model.patch).mean(-1)  # (batch, tokens)
   gen_weights = visible if s.gen_loss_tokens == 'visible' else jnp.ones_like(visible)
   gen_loss = _masked_mean(per_patch, gen_weights)
@@ -151,11 +152,11 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
 def _discrimination(params, aux, student_tokens, x0, noise, sigma_s, labels,
                     keep_idx: Optional[jax.Array], step, *, model, config):
   """iBOT-style patch (and optional pooled) self-distillation on the visible tokens."""
-  s, e = config.sddit, config.edm
+  s, edm_cfg = config.sddit, config.edm
   sigma_t = edm.teacher_sigma(sigma_s, s.teacher_sigma, grid_steps=s.teacher_grid_steps,
                               scale=s.teacher_sigma_scale, fixed=s.teacher_sigma_fixed)
   x_t = x0 + edm.per_sample(sigma_t, x0) * noise
-  _, _, c_in_t, c_noise_t = edm.preconditioning(sigma_t, e.sigma_data)
+  _, _, c_in_t, c_noise_t = edm.preconditioning(sigma_t, edm_cfg.sigma_data)
   # The teacher is a separate argument of the loss, so no gradient flows into it; it still
   # sees the full (unmasked) view and is read at the student's visible positions.
   teacher_vars = {'params': aux['teacher']}
