@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 from scipy import linalg
 
+from diffdis_jax.core import files
 from diffdis_jax.eval.precision_recall import precision_recall
 from diffdis_jax.nn.inception import InceptionV3, load_inception_variables
 
@@ -222,9 +223,7 @@ def save_reference(path: str, activations: Mapping[str, np.ndarray], overwrite: 
   arrays = {'mu': ref.pool_stats.mu, 'sigma': ref.pool_stats.sigma, 'pool': ref.pool}
   if ref.spatial_stats is not None:
     arrays.update(mu_s=ref.spatial_stats.mu, sigma_s=ref.spatial_stats.sigma)
-  tmp = f'{path}.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  files.save_npz(path, **arrays)
 
 
 def extract_from_batches(features, batches: Iterable[np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from diffdis_jax.data import digits_captions as dc
 from diffdis_jax.data.digits import load_digits
 from diffdis_jax.eval import zeroshot
 from diffdis_jax.eval.digits_metric import DigitsMetric
+from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis.pair_encoder import PairEncoder
 
 # noise streams apart from the preview grid's (seed + 1) and the zero-shot predictor's (+ 3)
@@ -34,24 +35,16 @@ GENERATION_NOISE_OFFSET = 4
 
 
 class Source:
-  """The defaults of a source whose batches need no device-side preparation."""
+  """What every source has; the parts a source may leave out default as a Task's do (no
+  device-side preparation, no input metrics, nothing to score at the end)."""
   name: str
   labelled = False      # batches carry 'label' (read by diffdis.positives='same_label')
+  prepare_batch = Task.prepare_batch
+  input_metrics = Task.input_metrics
+  final_eval = Task.final_eval
 
   def __init__(self, task):
     self.task, self.config = task, task.config
-
-  def prepare_batch(self, batch, step: int):
-    del step
-    return batch
-
-  def input_metrics(self, data_iterator) -> dict:
-    del data_iterator
-    return {}
-
-  def final_eval(self, preview_fn, params) -> dict:
-    del preview_fn, params
-    return {}
 
 
 class CaptionedDigits(Source):
