@@ -14,6 +14,7 @@ from diffdis_jax.data import digits_captions as cd
 from diffdis_jax.objectives.diffdis import text_query
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.modes.run import build_trainer
+from diffdis_jax.tasks import make_task
 from test_stable_diffusion_folder import sd_folder, tiny_diffdis_config  # noqa: F401 (a fixture)
 
 BATCH = 16
@@ -112,3 +113,17 @@ def test_bad_pair_configs_stop_with_one_line(sd_folder, pair_shards, overrides, 
   with pytest.raises(ConfigError, match=message) as error:
     check_run(config, 'train', str(tmp_path))
   assert '\n' not in str(error.value)
+
+
+def test_a_separate_text_encoder_folder_is_what_encodes(sd_folder, pair_shards, tmp_path):
+  """init.text_encoder names a transformers text-encoder folder; here the SD folder's own, so
+  c and e must equal those of the default path through the SD folder."""
+  folder, _ = sd_folder
+  separate = tiny_pairs_config(folder, pair_shards,
+                               **{'init.text_encoder': f'{folder}/text_encoder'})
+  check_run(separate, 'train', str(tmp_path))
+  texts = ['a cat', '']
+  want = make_task(tiny_pairs_config(folder, pair_shards)).text.encode(texts)
+  got = make_task(separate).text.encode(texts)
+  for ours, theirs in zip(got, want):
+    np.testing.assert_array_equal(ours, theirs)
