@@ -103,21 +103,23 @@ def check_init(config):
 
 
 def check_data(config):
-  m, d = config.model, config.diffdis
   one_of(config.data.name, SOURCES, 'data.name')
-  if config.data.name == 'captioned_digits':
-    check(m.in_channels == 1 and m.input_size == config.data.image_size,
-          'captioned digits are pixels: they need model.in_channels=1 and '
-          'model.input_size=data.image_size')
-    t = config.text_encoder
-    check(t.hidden_size == d.context_dim and t.projection_dim == d.text_dim,
-          'the demo text encoder makes c and e: set text_encoder.hidden_size = '
-          'diffdis.context_dim and text_encoder.projection_dim = diffdis.text_dim')
-    check(t.hidden_size % t.num_attention_heads == 0,
-          f'text_encoder.hidden_size {t.hidden_size} is not divisible by '
-          f'text_encoder.num_attention_heads {t.num_attention_heads}')
-  else:
-    check_pairs(config)
+  SOURCE_CHECKS[config.data.name](config)
+
+
+def check_captioned_digits(config):
+  """Pixels at the data's side, and the demo text encoder's widths are c's and e's."""
+  m, d = config.model, config.diffdis
+  check(m.in_channels == 1 and m.input_size == config.data.image_size,
+        'captioned digits are pixels: they need model.in_channels=1 and '
+        'model.input_size=data.image_size')
+  t = config.text_encoder
+  check(t.hidden_size == d.context_dim and t.projection_dim == d.text_dim,
+        'the demo text encoder makes c and e: set text_encoder.hidden_size = '
+        'diffdis.context_dim and text_encoder.projection_dim = diffdis.text_dim')
+  check(t.hidden_size % t.num_attention_heads == 0,
+        f'text_encoder.hidden_size {t.hidden_size} is not divisible by '
+        f'text_encoder.num_attention_heads {t.num_attention_heads}')
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -175,6 +177,10 @@ def check_pairs(config):
   check(width == d.text_dim, f'the text query of {text_dir} is {width} wide but '
                              f'diffdis.text_dim={d.text_dim}; pass --config.diffdis.text_dim='
                              f'{width}')
+
+
+# each data source's own checks (sources.py holds the sources)
+SOURCE_CHECKS = {'captioned_digits': check_captioned_digits, 'image_text_pairs': check_pairs}
 
 
 def check_config(config):
