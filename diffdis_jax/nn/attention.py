@@ -13,7 +13,7 @@ Masked and causal attention (CLIP's text encoder, 77 tokens) always go to jax's 
 Why a hand-written backward: on XLA:CPU, autodiff of jax's reference attention materialises
 the softmax scale and the normaliser as full (batch, heads, T, S) tensors and differentiates
 the division in the softmax term by term, so a DiT-S/2 train step spent about a third of its
-time in attention, which is 5% of its FLOPs (docs/results.md, issue 9). The backward below
+time in attention, which is 5% of its FLOPs (docs/results.md). The backward below
 is the usual one (as in FlashAttention): dS = P * (dP - rowsum(dO * O)), which touches the
 (T, S) matrices twice and keeps only q, k, v, the output and P for it.
 """
@@ -24,6 +24,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffdis_jax.nn import splash_attention
 
 
 def _scale(q):
@@ -89,7 +91,6 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal: bool = False,
   if implementation == 'einsum' and unmasked:
     return einsum_attention(q, k, v)
   if implementation == 'splash' and unmasked:
-    from diffdis_jax.nn import splash_attention  # pylint: disable=g-import-not-at-top
     return splash_attention.splash_attention(q, k, v, partition=partition,
                                              interpret=jax.default_backend() != 'tpu')
   if implementation in ('einsum', 'splash'):  # masks: jax's reference implementation

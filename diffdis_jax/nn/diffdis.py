@@ -94,13 +94,12 @@ class DiffDisUNet(UNet2DCondition):
 
   # ------------------------------------------------------------------ passes
 
-  def _attend(self, attn, stream_key, h, context, h_e, text_in):
-    """One SpatialTransformer, dual-stream when `text_in` is given. Returns (h, h_e)."""
-    if text_in is None:
-      return attn(h, context), h_e
-    stream = self.text_stream[stream_key]
+  def _dual_stream(self, stream, attn, h, context, text):
+    """One SpatialTransformer `attn` with the text token joining its self-attention (the
+    module docstring's per-block steps). `text` is u = h_e + e_t + Embedder(t_e); returns the
+    image activation and the new text state h_e."""
     tokens = attn.to_tokens(h)
-    token = stream.to_token(h_e + text_in).astype(tokens.dtype)
+    token = stream.to_token(text).astype(tokens.dtype)
     n = tokens.shape[1]
     for k, block in enumerate(attn.transformer_blocks):
       joint = block.self_attention(jnp.concatenate([tokens, token], axis=1))
@@ -109,26 +108,22 @@ class DiffDisUNet(UNet2DCondition):
       token = stream.feed_forward(k, token)
     return attn.from_tokens(tokens, h), stream.from_token(token)
 
-  def _down_mid(self, x, t, context, text_in=None):
-    """conv_in, down levels and mid block (DownBlock/MidBlock's loops, skips dropped)."""
-    batch = x.shape[0]
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (batch,))
-    temb = self.time_embedding(t)
-    context = context.astype(self.dtype)
-    h = self.conv_in(x)
-    h_e = None if text_in is None else jnp.zeros_like(text_in)
-    for i, block in enumerate(self.down_blocks):
-      for j, resnet in enumerate(block.resnets):
-        h = resnet(h, temb)
-        if block.num_heads is not None:
-          h, h_e = self._attend(block.attentions[j], f'down_{i}_{j}', h, context, h_e, text_in)
-      if block.add_downsample:
-        h = block.downsamplers[0](h)
-    if self.mid_block_type is not None:
-      h = self.mid.resnets[0](h, temb)
-      for j, (attn, resnet) in enumerate(zip(self.mid.attentions, self.mid.resnets[1:])):
-        h, h_e = self._attend(attn, f'mid_{j}', h, context, h_e, text_in)
-        h = resnet(h, temb)
+  def _down_mid_with_text(self, x, t, context, text_in):
+    """The UNet's down/mid pass (`_down_mid`) with every SpatialTransformer dual-stream.
+
+    Only the attention calls change, so the pass goes through the plain UNet's code with an
+    `attend` hook rather than a copy of its loops. The text state h_e runs from block to block
+    in the order the blocks run, which the hook keeps in a closure; it starts at 0.
+    Returns (mid-block output, final h_e).
+    """
+    h_e = jnp.zeros_like(text_in)
+
+    def dual_stream(key, attn, h, context):
+      nonlocal h_e
+      h, h_e = self._dual_stream(self.text_stream[key], attn, h, context, h_e + text_in)
+      return h
+
+    h = self._down_mid(x, t, context, attend=dual_stream)[0]
     return h, h_e
 
   def encode(self, x, t, context):
@@ -147,12 +142,13 @@ class DiffDisUNet(UNet2DCondition):
       null = (self.null_image if self.image_null == 'learned'
               else jnp.zeros((z.shape[-1],), jnp.float32))
       z = jnp.where(image_keep[:, None, None, None], z, null.astype(z.dtype))
-    text_in = None
     if self.align == 'diffusion':
       batch = z.shape[0]
       t_e = jnp.broadcast_to(jnp.asarray(t_e, jnp.float32).reshape(-1), (batch,))
       text_in = e_t.astype(self.dtype) + self.text_time_embedding(t_e)
-    h, h_e = self._down_mid(z, t, context, text_in)
+      h, h_e = self._down_mid_with_text(z, t, context, text_in)
+    else:  # contrastive: the head's learned query reads the plain pass's mid-block tokens
+      h, h_e = self._down_mid(z, t, context)[0], None
     b, hh, ww, c = h.shape
     return self.text_head(h_e, h.reshape(b, hh * ww, c))
 

@@ -33,6 +33,7 @@ batch-norm scale/bias/mean/var ('conv_out',), fc kernel ('embed', 'classes'), fc
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence, Union
 
 import flax
@@ -156,101 +157,105 @@ def _max_pool_3x3_s2(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
 
-class InceptionA(nn.Module):
-  pool_features: int
+class _InceptionModule(nn.Module):
+  """A module of the network above BasicConv: its convolutions compute in `dtype`, which is
+  keyword-only so that each block keeps its own fields positional."""
+  _: dataclasses.KW_ONLY
   dtype: Dtype = jnp.float32
+
+  @nn.nowrap  # a constructor helper: no Flax scope, no entry in captured intermediates
+  def conv(self, *args, **kwargs) -> BasicConv:
+    """A BasicConv submodule in this module's dtype."""
+    return BasicConv(*args, dtype=self.dtype, **kwargs)
+
+
+class InceptionA(_InceptionModule):
+  pool_features: int
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
-    b1 = conv(64, name='branch1x1')(x)
-    b5 = conv(48, name='branch5x5_1')(x)
-    b5 = conv(64, 5, padding=2, name='branch5x5_2')(b5)
-    b3 = conv(64, name='branch3x3dbl_1')(x)
-    b3 = conv(96, 3, padding=1, name='branch3x3dbl_2')(b3)
-    b3 = conv(96, 3, padding=1, name='branch3x3dbl_3')(b3)
-    bp = conv(self.pool_features, name='branch_pool')(_avg_pool_3x3(x))
+    b1 = self.conv(64, name='branch1x1')(x)
+    b5 = self.conv(48, name='branch5x5_1')(x)
+    b5 = self.conv(64, 5, padding=2, name='branch5x5_2')(b5)
+    b3 = self.conv(64, name='branch3x3dbl_1')(x)
+    b3 = self.conv(96, 3, padding=1, name='branch3x3dbl_2')(b3)
+    b3 = self.conv(96, 3, padding=1, name='branch3x3dbl_3')(b3)
+    bp = self.conv(self.pool_features, name='branch_pool')(_avg_pool_3x3(x))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
-class InceptionB(nn.Module):
-  dtype: Dtype = jnp.float32
+class InceptionB(_InceptionModule):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
-    b3 = conv(384, 3, strides=2, name='branch3x3')(x)
-    bd = conv(64, name='branch3x3dbl_1')(x)
-    bd = conv(96, 3, padding=1, name='branch3x3dbl_2')(bd)
-    bd = conv(96, 3, strides=2, name='branch3x3dbl_3')(bd)
+    b3 = self.conv(384, 3, strides=2, name='branch3x3')(x)
+    bd = self.conv(64, name='branch3x3dbl_1')(x)
+    bd = self.conv(96, 3, padding=1, name='branch3x3dbl_2')(bd)
+    bd = self.conv(96, 3, strides=2, name='branch3x3dbl_3')(bd)
     return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x).astype(self.dtype)], axis=-1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(_InceptionModule):
   channels_7x7: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
     c7 = self.channels_7x7
-    b1 = conv(192, name='branch1x1')(x)
-    b7 = conv(c7, name='branch7x7_1')(x)
-    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
-    bd = conv(c7, name='branch7x7dbl_1')(x)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
-    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
-    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
-    bp = conv(192, name='branch_pool')(_avg_pool_3x3(x))
+    b1 = self.conv(192, name='branch1x1')(x)
+    b7 = self.conv(c7, name='branch7x7_1')(x)
+    b7 = self.conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
+    b7 = self.conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
+    bd = self.conv(c7, name='branch7x7dbl_1')(x)
+    bd = self.conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
+    bd = self.conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
+    bd = self.conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
+    bd = self.conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    bp = self.conv(192, name='branch_pool')(_avg_pool_3x3(x))
     # Returned separately too: ADM's sFID reads the 1x1 branch of Mixed_6d (`mixed_6/conv`).
     return jnp.concatenate([b1, b7, bd, bp], axis=-1), b1
 
 
-class InceptionD(nn.Module):
-  dtype: Dtype = jnp.float32
+class InceptionD(_InceptionModule):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
-    b3 = conv(192, name='branch3x3_1')(x)
-    b3 = conv(320, 3, strides=2, name='branch3x3_2')(b3)
-    b7 = conv(192, name='branch7x7x3_1')(x)
-    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
-    b7 = conv(192, 3, strides=2, name='branch7x7x3_4')(b7)
+    b3 = self.conv(192, name='branch3x3_1')(x)
+    b3 = self.conv(320, 3, strides=2, name='branch3x3_2')(b3)
+    b7 = self.conv(192, name='branch7x7x3_1')(x)
+    b7 = self.conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
+    b7 = self.conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
+    b7 = self.conv(192, 3, strides=2, name='branch7x7x3_4')(b7)
     return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x).astype(self.dtype)], axis=-1)
 
 
-class InceptionE(nn.Module):
+class InceptionE(_InceptionModule):
   """`max_pool=False`: FIDInceptionE_1 (Mixed_7b); True: FIDInceptionE_2 (Mixed_7c)."""
   max_pool: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
-    b1 = conv(320, name='branch1x1')(x)
-    b3 = conv(384, name='branch3x3_1')(x)
-    b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-                          conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
-    bd = conv(448, name='branch3x3dbl_1')(x)
-    bd = conv(384, 3, padding=1, name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-                          conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
+    b1 = self.conv(320, name='branch1x1')(x)
+    b3 = self.conv(384, name='branch3x3_1')(x)
+    b3 = jnp.concatenate([self.conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+                          self.conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)],
+                         axis=-1)
+    bd = self.conv(448, name='branch3x3dbl_1')(x)
+    bd = self.conv(384, 3, padding=1, name='branch3x3dbl_2')(bd)
+    bd = jnp.concatenate([self.conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+                          self.conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)],
+                         axis=-1)
     if self.max_pool:  # the TF graph's last block max-pools (a quirk pytorch-fid reproduces)
       pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     else:
       pooled = _avg_pool_3x3(x)
-    bp = conv(192, name='branch_pool')(pooled)
+    bp = self.conv(192, name='branch_pool')(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
 # ----------------------------------------------------------------------------- network
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(_InceptionModule):
   """FID InceptionV3; see the module docstring for inputs and outputs.
 
   `dtype` is the convolution compute dtype; float32 is what the published numbers used, keep it
@@ -259,7 +264,6 @@ class InceptionV3(nn.Module):
   preprocess: str = 'adm'
   value_range: tuple[float, float] = (0.0, 255.0)
   resize_input: bool = True
-  dtype: Dtype = jnp.float32
 
   def normalize(self, images):
     """Maps images in `value_range` to the network's [-1, 1] input at 299 x 299."""
@@ -279,14 +283,13 @@ class InceptionV3(nn.Module):
 
   @nn.compact
   def __call__(self, images) -> dict[str, jax.Array]:
-    conv = lambda *a, **k: BasicConv(*a, dtype=self.dtype, **k)  # noqa: E731
     x = self.normalize(images)
-    x = conv(32, 3, strides=2, name='Conv2d_1a_3x3')(x)
-    x = conv(32, 3, name='Conv2d_2a_3x3')(x)
-    x = conv(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
+    x = self.conv(32, 3, strides=2, name='Conv2d_1a_3x3')(x)
+    x = self.conv(32, 3, name='Conv2d_2a_3x3')(x)
+    x = self.conv(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
     x = _max_pool_3x3_s2(x)
-    x = conv(80, 1, name='Conv2d_3b_1x1')(x)
-    x = conv(192, 3, name='Conv2d_4a_3x3')(x)
+    x = self.conv(80, 1, name='Conv2d_3b_1x1')(x)
+    x = self.conv(192, 3, name='Conv2d_4a_3x3')(x)
     x = _max_pool_3x3_s2(x)
     x = InceptionA(32, dtype=self.dtype, name='Mixed_5b')(x)
     x = InceptionA(64, dtype=self.dtype, name='Mixed_5c')(x)

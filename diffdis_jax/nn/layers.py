@@ -100,6 +100,17 @@ class Dense(nn.Module):
         name='dense')(x)
 
 
+def _float32_norm(flax_norm, x, axis_name: Optional[str], dtype: Dtype, **options):
+  """`flax_norm(**options)` (nn.LayerNorm or nn.GroupNorm, submodule 'norm') applied in
+  float32, its scale and bias named `axis_name`, the result cast to `dtype`: statistics of
+  bfloat16 activations would lose digits."""
+  y = flax_norm(dtype=jnp.float32, param_dtype=jnp.float32,
+                scale_init=partitioned(ones, (axis_name,)),
+                bias_init=partitioned(zeros, (axis_name,)), name='norm',
+                **options)(x.astype(jnp.float32))
+  return y.astype(dtype)
+
+
 class LayerNorm(nn.Module):
   """LayerNorm computed in float32, returned in the compute dtype."""
   epsilon: float = 1e-6
@@ -109,13 +120,8 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = nn.LayerNorm(
-        epsilon=self.epsilon, use_scale=self.use_affine, use_bias=self.use_affine,
-        dtype=jnp.float32, param_dtype=jnp.float32,
-        scale_init=partitioned(ones, (self.axis_name,)),
-        bias_init=partitioned(zeros, (self.axis_name,)),
-        name='norm')(x.astype(jnp.float32))
-    return y.astype(self.dtype)
+    return _float32_norm(nn.LayerNorm, x, self.axis_name, self.dtype, epsilon=self.epsilon,
+                         use_scale=self.use_affine, use_bias=self.use_affine)
 
 
 # what a rematerialised block keeps for its backward (`model.remat`); the rest is recomputed
@@ -320,10 +326,6 @@ class GroupNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = nn.GroupNorm(
-        num_groups=self.num_groups, epsilon=self.epsilon, dtype=jnp.float32,
-        param_dtype=jnp.float32, use_fast_variance=False,
-        scale_init=partitioned(ones, (self.axis_name,)),
-        bias_init=partitioned(zeros, (self.axis_name,)),
-        name='norm')(x.astype(jnp.float32))
-    return y.astype(self.dtype)
+    return _float32_norm(nn.GroupNorm, x, self.axis_name, self.dtype,
+                         num_groups=self.num_groups, epsilon=self.epsilon,
+                         use_fast_variance=False)

@@ -12,13 +12,14 @@ Field names are those of diffusers' `UNet2DConditionModel` config, including its
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from diffdis_jax.nn import layers
-from diffdis_jax.nn.unet_blocks import DownBlock, MidBlock, UpBlock
+from diffdis_jax.nn.unet_blocks import (BLOCK_OPTIONS, DownBlock, MidBlock, UpBlock,
+                                        apply_attention)
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -34,6 +35,18 @@ def per_level(value: IntOrSeq, levels: int, name: str) -> tuple[int, ...]:
   if len(value) != levels:
     raise ValueError(f'{name} has {len(value)} entries for {levels} levels')
   return value
+
+
+# attend(key, attention, h, context) -> h; see UNet2DCondition._down_mid
+AttendHook = Callable[[str, Any, Any, Any], Any]
+
+
+def _keyed(attend: Optional[AttendHook], prefix: str):
+  """A level's `attend(layer, ...)` hook that calls the UNet-wide `attend('{prefix}_{layer}',
+  ...)`: levels number their layers, the UNet's hook needs names unique across levels."""
+  if attend is None:
+    return apply_attention
+  return lambda layer, attention, h, context: attend(f'{prefix}_{layer}', attention, h, context)
 
 
 class UNet2DCondition(nn.Module):
@@ -73,10 +86,7 @@ class UNet2DCondition(nn.Module):
     depth = per_level(self.transformer_layers_per_block, levels, 'transformer_layers_per_block')
     n_layers = per_level(self.layers_per_block, levels, 'layers_per_block')
     channels = tuple(self.block_out_channels)
-    common = dict(use_linear_projection=self.use_linear_projection,
-                  norm_num_groups=self.norm_num_groups, norm_eps=self.norm_eps,
-                  attention_impl=self.attention_impl, conv_impl=self.conv_impl,
-                  remat=self.remat, dtype=self.dtype)
+    common = {name: getattr(self, name) for name in BLOCK_OPTIONS}  # UNet fields of those names
 
     self.conv_in = layers.Conv(channels[0], 3, padding=1, implementation=self.conv_impl,
                                dtype=self.dtype)
@@ -92,8 +102,8 @@ class UNet2DCondition(nn.Module):
     if self.mid_block_type not in ('UNetMidBlock2DCrossAttn', None):
       raise ValueError(f'unsupported mid block {self.mid_block_type!r}')
     if self.mid_block_type is not None:
-      self.mid = MidBlock(channels[-1], heads[-1], transformer_depth=depth[-1], **common,
-                          name='mid_block')
+      self.mid = MidBlock(channels[-1], num_heads=heads[-1], transformer_depth=depth[-1],
+                          **common, name='mid_block')
     # The up path mirrors the down path: level i of it works at channels[-1 - i].
     self.up_blocks = [
         UpBlock(channels[levels - 1 - i], n_layers[levels - 1 - i] + 1,
@@ -105,7 +115,18 @@ class UNet2DCondition(nn.Module):
     self.conv_out = layers.Conv(self.out_channels, 3, padding=1, implementation=self.conv_impl,
                                 dtype=self.dtype)
 
-  def __call__(self, x, t, context):
+  def _down_mid(self, x, t, context, attend: Optional[AttendHook] = None):
+    """The UNet's first half: time embedding, conv_in, the down levels and the mid block.
+
+    Written once for every pass that needs it: `__call__` continues into the up levels,
+    DiffDis's alignment pass stops here. `attend(key, attention, h, context) -> h` runs each
+    SpatialTransformer (by default as it is), `key` naming it 'down_{level}_{layer}' or
+    'mid_{layer}': a caller that changes those calls (DiffDis runs them dual-stream, with a
+    text token) gets the ResNets, resampling and skips unchanged, bit for bit.
+
+    Returns the mid-block output (the last down level's without a mid block), the skip
+    activations, the time embedding and `context` in the compute dtype.
+    """
     batch = x.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (batch,))
     temb = self.time_embedding(t)
@@ -113,11 +134,15 @@ class UNet2DCondition(nn.Module):
 
     h = self.conv_in(x)
     skips = [h]
-    for block in self.down_blocks:
-      h, level_skips = block(h, temb, context)
+    for i, block in enumerate(self.down_blocks):
+      h, level_skips = block(h, temb, context, attend=_keyed(attend, f'down_{i}'))
       skips.extend(level_skips)
     if self.mid_block_type is not None:
-      h = self.mid(h, temb, context)
+      h = self.mid(h, temb, context, attend=_keyed(attend, 'mid'))
+    return h, skips, temb, context
+
+  def __call__(self, x, t, context):
+    h, skips, temb, context = self._down_mid(x, t, context)
     for block in self.up_blocks:
       n = block.num_layers
       level_skips, skips = skips[-n:], skips[:-n]

@@ -5,13 +5,16 @@ Submodule names follow diffusers' (`resnets_0`, `attentions_0`, `downsamplers_0`
 `time_emb_proj`, `transformer_blocks_0`, `attn1`, ...) so that `diffdis_jax.weights` converts
 a diffusers state dict by renaming keys rather than by a hand-written table.
 
-Extension point for DiffDis: `BasicTransformerBlock` exposes its three residual steps as
-methods (`self_attention`, `cross_attention`, `feed_forward`), and `SpatialTransformer`
-its entry and exit (`to_tokens`, `from_tokens`), so a dual-stream block can let an extra text
-token join self-attention by subclassing and overriding `__call__` only.
+Extension points for DiffDis: `DownBlock` and `MidBlock` take an `attend` hook that runs each
+of their SpatialTransformers (`apply_attention` by default), so a caller can replace those
+calls without restating the levels' loops; `BasicTransformerBlock` exposes its three residual
+steps as methods (`self_attention`, `cross_attention`, `feed_forward`), and
+`SpatialTransformer` its entry and exit (`to_tokens`, `from_tokens`), so such a hook can let
+an extra text token join self-attention.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -123,20 +126,38 @@ class BasicTransformerBlock(nn.Module):
 TRANSFORMER_METHODS = ('__call__', 'self_attention', 'cross_attention', 'feed_forward')
 
 
-class SpatialTransformer(nn.Module):
+class BlockOptions(nn.Module):
+  """Settings the UNet hands unchanged to each level and from there to each SpatialTransformer.
+
+  Declared once here and keyword-only, so that every block keeps its own leading fields
+  positional: `SpatialTransformer(channels, num_heads)`, `DownBlock(out_channels, num_layers)`.
+  """
+  _: dataclasses.KW_ONLY
+  use_linear_projection: bool = False
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  attention_impl: Optional[str] = None
+  conv_impl: Optional[str] = None
+  remat: Union[bool, str] = False  # recompute each ResNet and transformer block in the backward
+  dtype: Dtype = jnp.float32
+
+  @nn.nowrap  # a constructor helper: no Flax scope, no entry in captured intermediates
+  def block_options(self) -> dict[str, Any]:
+    """These settings as keyword arguments for a sub-block."""
+    return {name: getattr(self, name) for name in BLOCK_OPTIONS}
+
+
+BLOCK_OPTIONS = tuple(f.name for f in dataclasses.fields(BlockOptions)
+                      if f.name not in ('parent', 'name'))
+
+
+class SpatialTransformer(BlockOptions):
   """diffusers' Transformer2DModel on continuous input: GroupNorm, project the pixels to
   tokens (1x1 conv, or linear with `use_linear_projection` as in SD 2.x), `depth` transformer
   blocks, project back and add the input."""
   channels: int
   num_heads: int
   depth: int = 1
-  use_linear_projection: bool = False
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
-  attention_impl: Optional[str] = None
-  conv_impl: Optional[str] = None
-  remat: Union[bool, str] = False
-  dtype: Dtype = jnp.float32
 
   def setup(self):
     c = self.channels
@@ -180,48 +201,67 @@ class SpatialTransformer(nn.Module):
     return self.from_tokens(tokens, x)
 
 
-class DownBlock(nn.Module):
-  """One encoder level: `num_layers` ResNet blocks (each followed by a SpatialTransformer
-  when `num_heads` is set), then an optional stride-2 downsampler. Returns the output and
-  the skip activations the up path consumes. Without attention and time embedding it is the
-  VAE's DownEncoderBlock2D."""
+def apply_attention(layer: int, attention: SpatialTransformer, x, context):
+  """The default `attend` of DownBlock and MidBlock: the SpatialTransformer as it is.
+
+  `attend(layer, attention, x, context) -> x` is how a caller changes what happens at each
+  SpatialTransformer of a level (DiffDis runs it dual-stream, with a text token) while the
+  level's ResNets, skips and resampling stay written once, here. `layer` is the
+  SpatialTransformer's index in the level.
+  """
+  del layer
+  return attention(x, context)
+
+
+class _Level(BlockOptions):
+  """`num_layers` ResNet blocks, each paired with a SpatialTransformer when `num_heads` is set:
+  what the down, mid and up levels are made of (names `resnets_i`, `attentions_i`)."""
   out_channels: int
-  num_layers: int = 2
-  add_downsample: bool = True
+  num_layers: int = 1
   num_heads: Optional[int] = None
   transformer_depth: int = 1
-  use_linear_projection: bool = False
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
-  downsample_padding: int = 1
-  attention_impl: Optional[str] = None
-  conv_impl: Optional[str] = None
-  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
-  dtype: Dtype = jnp.float32
+
+  @property
+  def num_resnets(self) -> int:
+    return self.num_layers
 
   def setup(self):
     c = self.out_channels
     resnet = layers.maybe_remat(ResnetBlock, self.remat)
     self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
                            dtype=self.dtype)
-                    for _ in range(self.num_layers)]
+                    for _ in range(self.num_resnets)]
     if self.num_heads is not None:
       self.attentions = [
-          SpatialTransformer(c, self.num_heads, self.transformer_depth,
-                             self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, conv_impl=self.conv_impl,
-                             remat=self.remat, dtype=self.dtype)
+          SpatialTransformer(c, self.num_heads, self.transformer_depth, **self.block_options())
           for _ in range(self.num_layers)]
-    if self.add_downsample:
-      self.downsamplers = [Downsample(c, self.downsample_padding, self.conv_impl,
-                                      dtype=self.dtype)]
 
-  def __call__(self, x, temb=None, context=None):
+  @nn.nowrap
+  def _attention(self, layer: int, x, context, attend=apply_attention):
+    """Layer `layer`'s SpatialTransformer through `attend`; the identity without attention."""
+    if self.num_heads is None:
+      return x
+    return attend(layer, self.attentions[layer], x, context)
+
+
+class DownBlock(_Level):
+  """One encoder level: `num_layers` ResNet blocks (each followed by a SpatialTransformer
+  when `num_heads` is set), then an optional stride-2 downsampler. Returns the output and
+  the skip activations the up path consumes. Without attention and time embedding it is the
+  VAE's DownEncoderBlock2D."""
+  add_downsample: bool = True
+  downsample_padding: int = 1
+
+  def setup(self):
+    super().setup()
+    if self.add_downsample:
+      self.downsamplers = [Downsample(self.out_channels, self.downsample_padding,
+                                      self.conv_impl, dtype=self.dtype)]
+
+  def __call__(self, x, temb=None, context=None, attend=apply_attention):
     skips = []
     for i, resnet in enumerate(self.resnets):
-      x = resnet(x, temb)
-      if self.num_heads is not None:
-        x = self.attentions[i](x, context)
+      x = self._attention(i, resnet(x, temb), context, attend)
       skips.append(x)
     if self.add_downsample:
       x = self.downsamplers[0](x)
@@ -229,72 +269,30 @@ class DownBlock(nn.Module):
     return x, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(_Level):
   """UNetMidBlock2DCrossAttn: ResNet, then (SpatialTransformer, ResNet) per layer."""
-  channels: int
-  num_heads: int
-  num_layers: int = 1
-  transformer_depth: int = 1
-  use_linear_projection: bool = False
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
-  attention_impl: Optional[str] = None
-  conv_impl: Optional[str] = None
-  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
-  dtype: Dtype = jnp.float32
 
-  def setup(self):
-    c = self.channels
-    resnet = layers.maybe_remat(ResnetBlock, self.remat)
-    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
-                           dtype=self.dtype)
-                    for _ in range(self.num_layers + 1)]
-    self.attentions = [
-        SpatialTransformer(c, self.num_heads, self.transformer_depth, self.use_linear_projection,
-                           self.norm_num_groups, self.norm_eps,
-                           attention_impl=self.attention_impl, conv_impl=self.conv_impl,
-                           remat=self.remat, dtype=self.dtype)
-        for _ in range(self.num_layers)]
+  @property
+  def num_resnets(self) -> int:
+    return self.num_layers + 1
 
-  def __call__(self, x, temb, context):
+  def __call__(self, x, temb, context, attend=apply_attention):
     x = self.resnets[0](x, temb)
-    for attn, resnet in zip(self.attentions, self.resnets[1:]):
-      x = resnet(attn(x, context), temb)
+    for i, resnet in enumerate(self.resnets[1:]):
+      x = resnet(self._attention(i, x, context, attend), temb)
     return x
 
 
-class UpBlock(nn.Module):
+class UpBlock(_Level):
   """One decoder level: `num_layers` ResNet blocks, each fed the running activation
   concatenated (channels last) with the matching skip, optional SpatialTransformers, then an
   optional upsampler. With `skips=None` it is the VAE's UpDecoderBlock2D."""
-  out_channels: int
-  num_layers: int = 3
   add_upsample: bool = True
-  num_heads: Optional[int] = None
-  transformer_depth: int = 1
-  use_linear_projection: bool = False
-  norm_num_groups: int = 32
-  norm_eps: float = 1e-5
-  attention_impl: Optional[str] = None
-  conv_impl: Optional[str] = None
-  remat: Union[bool, str] = False               # recompute each ResNet and transformer block in the backward
-  dtype: Dtype = jnp.float32
 
   def setup(self):
-    c = self.out_channels
-    resnet = layers.maybe_remat(ResnetBlock, self.remat)
-    self.resnets = [resnet(c, self.norm_num_groups, self.norm_eps, self.conv_impl,
-                           dtype=self.dtype)
-                    for _ in range(self.num_layers)]
-    if self.num_heads is not None:
-      self.attentions = [
-          SpatialTransformer(c, self.num_heads, self.transformer_depth,
-                             self.use_linear_projection, self.norm_num_groups, self.norm_eps,
-                             attention_impl=self.attention_impl, conv_impl=self.conv_impl,
-                             remat=self.remat, dtype=self.dtype)
-          for _ in range(self.num_layers)]
+    super().setup()
     if self.add_upsample:
-      self.upsamplers = [Upsample(c, self.conv_impl, dtype=self.dtype)]
+      self.upsamplers = [Upsample(self.out_channels, self.conv_impl, dtype=self.dtype)]
 
   def __call__(self, x, skips: Optional[Sequence[Any]] = None, temb=None, context=None,
                upsample_size=None):
@@ -304,9 +302,7 @@ class UpBlock(nn.Module):
     for i, resnet in enumerate(self.resnets):
       if skips is not None:
         x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
-      x = resnet(x, temb)
-      if self.num_heads is not None:
-        x = self.attentions[i](x, context)
+      x = self._attention(i, resnet(x, temb), context)
     if self.add_upsample:
       x = self.upsamplers[0](x, upsample_size)
     return x

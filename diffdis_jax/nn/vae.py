@@ -68,30 +68,10 @@ class MidBlock(nn.Module):
     return resnet(1)(x)
 
 
-class Encoder(nn.Module):
-  block_out_channels: Sequence[int] = (64,)
-  layers_per_block: int = 1
-  out_channels: int = 8                    # 2 * latent channels: mean and logvar
-  norm_num_groups: int = 32
-  mid_block_add_attention: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    ch = tuple(self.block_out_channels)
-    x = layers.Conv(ch[0], 3, padding=1, dtype=self.dtype, name='conv_in')(x)
-    for i, c in enumerate(ch):
-      x, _ = DownBlock(c, self.layers_per_block, add_downsample=i < len(ch) - 1,
-                       norm_num_groups=self.norm_num_groups, norm_eps=VAE_EPS,
-                       downsample_padding=0, dtype=self.dtype, name=f'down_blocks_{i}')(x)
-    x = MidBlock(ch[-1], self.norm_num_groups, self.mid_block_add_attention, dtype=self.dtype,
-                 name='mid_block')(x)
-    x = nn.silu(layers.GroupNorm(self.norm_num_groups, VAE_EPS, dtype=self.dtype,
-                                 name='conv_norm_out')(x))
-    return layers.Conv(self.out_channels, 3, padding=1, dtype=self.dtype, name='conv_out')(x)
-
-
-class Decoder(nn.Module):
+class _Coder(nn.Module):
+  """The encoder's and the decoder's common configuration (AutoencoderKL gives both the same)
+  and the layers at their two ends, which they share but for the direction. The helpers are
+  `nn.nowrap`: they only build submodules of the calling `__call__`."""
   block_out_channels: Sequence[int] = (64,)
   layers_per_block: int = 1
   out_channels: int = 3
@@ -99,19 +79,52 @@ class Decoder(nn.Module):
   mid_block_add_attention: bool = True
   dtype: Any = jnp.float32
 
+  @nn.nowrap
+  def _conv3x3(self, features: int, name: str):
+    return layers.Conv(features, 3, padding=1, dtype=self.dtype, name=name)
+
+  @nn.nowrap
+  def _mid_block(self, channels: int):
+    return MidBlock(channels, self.norm_num_groups, self.mid_block_add_attention,
+                    dtype=self.dtype, name='mid_block')
+
+  @nn.nowrap
+  def _output(self, x):
+    """GroupNorm, SiLU and the output convolution."""
+    x = nn.silu(layers.GroupNorm(self.norm_num_groups, VAE_EPS, dtype=self.dtype,
+                                 name='conv_norm_out')(x))
+    return self._conv3x3(self.out_channels, 'conv_out')(x)
+
+
+class Encoder(_Coder):
+  """Images -> the posterior's moments, concatenated: conv_in, down levels, mid block."""
+  out_channels: int = 8                    # 2 * latent channels: mean and logvar
+
+  @nn.compact
+  def __call__(self, x):
+    ch = tuple(self.block_out_channels)
+    x = self._conv3x3(ch[0], 'conv_in')(x)
+    for i, c in enumerate(ch):
+      x, _ = DownBlock(c, self.layers_per_block, add_downsample=i < len(ch) - 1,
+                       norm_num_groups=self.norm_num_groups, norm_eps=VAE_EPS,
+                       downsample_padding=0, dtype=self.dtype, name=f'down_blocks_{i}')(x)
+    x = self._mid_block(ch[-1])(x)
+    return self._output(x)
+
+
+class Decoder(_Coder):
+  """Latents -> images: conv_in, mid block, up levels (the encoder's widths reversed)."""
+
   @nn.compact
   def __call__(self, z):
     ch = tuple(reversed(self.block_out_channels))
-    x = layers.Conv(ch[0], 3, padding=1, dtype=self.dtype, name='conv_in')(z)
-    x = MidBlock(ch[0], self.norm_num_groups, self.mid_block_add_attention, dtype=self.dtype,
-                 name='mid_block')(x)
+    x = self._conv3x3(ch[0], 'conv_in')(z)
+    x = self._mid_block(ch[0])(x)
     for i, c in enumerate(ch):
       x = UpBlock(c, self.layers_per_block + 1, add_upsample=i < len(ch) - 1,
                   norm_num_groups=self.norm_num_groups, norm_eps=VAE_EPS, dtype=self.dtype,
                   name=f'up_blocks_{i}')(x)
-    x = nn.silu(layers.GroupNorm(self.norm_num_groups, VAE_EPS, dtype=self.dtype,
-                                 name='conv_norm_out')(x))
-    return layers.Conv(self.out_channels, 3, padding=1, dtype=self.dtype, name='conv_out')(x)
+    return self._output(x)
 
 
 class AutoencoderKL(nn.Module):
