@@ -22,6 +22,7 @@ from diffdis_jax.train import step as step_lib
 from diffdis_jax.train import workdir as workdir_lib
 from diffdis_jax.train.metrics_log import JsonlWriter
 
+
 class Trainer:
   """Builds everything a run needs without compiling; `train()` runs it, and the other run
   modes (modes/) restore its state to sample or evaluate."""
