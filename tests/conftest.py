@@ -18,22 +18,22 @@ prepare_torchvision()
 def tiny_sddit_config(**overrides):
   """configs/demo.py shrunk to depth 2, width 32: compiles in seconds."""
   from configs import demo  # pylint: disable=g-import-not-at-top
-  c = demo.get_config()
-  c.data.image_size = 8
-  c.model.input_size = 8
-  c.model.width = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.model.decoder_depth = 1
-  c.model.decoder_width = 32
-  c.model.decoder_heads = 2
-  c.model.head = dict(hidden=32, bottleneck=16, out_dim=32, num_layers=3)
-  c.batch_size = 8
-  c.mesh.data = -1
-  c.sample.steps = 3
-  c.sample.per_class = 1
-  c.eval.digits_samples = 0
-  return apply_overrides(c, overrides)
+  config = demo.get_config()
+  config.data.image_size = 8
+  config.model.input_size = 8
+  config.model.width = 32
+  config.model.depth = 2
+  config.model.num_heads = 2
+  config.model.decoder_depth = 1
+  config.model.decoder_width = 32
+  config.model.decoder_heads = 2
+  config.model.head = dict(hidden=32, bottleneck=16, out_dim=32, num_layers=3)
+  config.batch_size = 8
+  config.mesh.data = -1
+  config.sample.steps = 3
+  config.sample.per_class = 1
+  config.eval.digits_samples = 0
+  return apply_overrides(config, overrides)
 
 
 def apply_overrides(config, overrides: dict):

@@ -61,19 +61,19 @@ def random_params(seed: int = 0, **kw):
 
 def tiny_config(**diffdis_overrides):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict()
-  c.diffdis = diffdis_defaults()
-  c.diffdis.text_dim = TEXT_DIM
-  c.diffdis.context_length = CTX_LEN
-  c.diffdis.context_dim = CTX_DIM
-  c.diffdis.head_blocks = 1
+  config = ml_collections.ConfigDict()
+  config.diffdis = diffdis_defaults()
+  config.diffdis.text_dim = TEXT_DIM
+  config.diffdis.context_length = CTX_LEN
+  config.diffdis.context_dim = CTX_DIM
+  config.diffdis.head_blocks = 1
   for k, v in diffdis_overrides.items():
-    node = c.diffdis
+    node = config.diffdis
     *path, last = k.split('.')
     for part in path:
       node = node[part]
     node[last] = v
-  return c
+  return config
 
 
 def tiny_batch(batch: int = 4, seed: int = 0):

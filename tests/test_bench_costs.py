@@ -19,10 +19,10 @@ from diffdis_jax.objectives import sddit  # noqa: E402
 def test_dit_xl_2_matches_the_published_count():
   # DiT-XL/2 at 256 px: 118.6 G multiply-adds per forward pass (DiT, Table 4)
   from configs import common  # pylint: disable=g-import-not-at-top
-  c = common.get_base_config()
-  c.model.name, c.model.decoder_mode, c.model.decoder_depth = 'DiT-XL/2', 'split', 0
-  c.sddit.dis_weight, c.sddit.mask_ratio = 0.0, 0.0
-  flops = costs.sddit_flops(make_task(c).build_model(), c)
+  config = common.get_base_config()
+  config.model.name, config.model.decoder_mode, config.model.decoder_depth = 'DiT-XL/2', 'split', 0
+  config.sddit.dis_weight, config.sddit.mask_ratio = 0.0, 0.0
+  flops = costs.sddit_flops(make_task(config).build_model(), config)
   assert flops['student_forward_flops'] / 2 == pytest.approx(118.6e9, rel=2e-3)
   assert flops['teacher_forward_flops'] == 0
   assert flops['train_flops_per_image'] == 3 * flops['student_forward_flops']
@@ -36,13 +36,14 @@ def _xla_flops(fn, *args):
 def test_sddit_counts_agree_with_xla_on_a_wide_model():
   """Wide enough that matrix products dwarf elementwise work, so XLA's count of the forward
   passes (which includes that work) should sit just above the analytic one."""
-  c = tiny_sddit_config(**{'model.input_size': 16, 'model.width': 256, 'model.num_heads': 4,
-                           'model.decoder_width': 128, 'model.decoder_heads': 2,
-                           'model.head': dict(hidden=256, bottleneck=64, out_dim=512,
-                                              num_layers=3),
-                           'sddit.mask_ratio': 0.5})
-  model = make_task(c).build_model()
-  x = jnp.zeros((1, 16, 16, c.model.in_channels))
+  config = tiny_sddit_config(**{'model.input_size': 16, 'model.width': 256,
+                                'model.num_heads': 4, 'model.decoder_width': 128,
+                                'model.decoder_heads': 2,
+                                'model.head': dict(hidden=256, bottleneck=64, out_dim=512,
+                                                   num_layers=3),
+                                'sddit.mask_ratio': 0.5})
+  model = make_task(config).build_model()
+  x = jnp.zeros((1, 16, 16, config.model.in_channels))
   t, y = jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, y)
   keep = sddit.random_keep_indices(jax.random.PRNGKey(1), 1, model.num_tokens, 0.5)
@@ -56,7 +57,7 @@ def test_sddit_counts_agree_with_xla_on_a_wide_model():
     return model.apply(p, jnp.take_along_axis(tokens, keep[..., None], axis=1),
                        method='project')
 
-  analytic = costs.sddit_flops(model, c)
+  analytic = costs.sddit_flops(model, config)
   for fn, key in ((student, 'student_forward_flops'), (teacher, 'teacher_forward_flops')):
     measured = _xla_flops(fn, params)
     assert analytic[key] <= measured <= 1.06 * analytic[key], (key, measured, analytic[key])

@@ -30,14 +30,14 @@ def pair_shards(tmp_path_factory):
 
 def tiny_pairs_config(sd, data_dir, **overrides):
   """configs/diffdis_sd15.py shrunk to the tiny SD folder of test_stable_diffusion_folder."""
-  c = tiny_diffdis_config(sd)
-  c.data.dir = data_dir
-  d = c.diffdis
-  c.batch_size, c.total_steps = BATCH, 4
-  c.mesh.data, c.mesh.fsdp = 2, 4
-  c.log_every, c.checkpoint_every, c.sample_every = 1, 2, 10_000
+  config = tiny_diffdis_config(sd)
+  config.data.dir = data_dir
+  d = config.diffdis
+  config.batch_size, config.total_steps = BATCH, 4
+  config.mesh.data, config.mesh.fsdp = 2, 4
+  config.log_every, config.checkpoint_every, config.sample_every = 1, 2, 10_000
   d.sample.steps, d.sample.per_prompt, d.sample.prompts = 2, 2, ('a cat', 'a dog')
-  return apply_overrides(c, overrides)
+  return apply_overrides(config, overrides)
 
 
 def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_folder,

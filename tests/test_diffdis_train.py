@@ -22,19 +22,20 @@ STEPS, LOG_EVERY = 200, 10
 
 def tiny_demo_config(**overrides):
   """configs/demo_diffdis.py at 8x8 pixels with the smallest UNet and text encoder."""
-  c = demo_diffdis.get_config()
-  c.data.image_size = c.model.input_size = 8
-  c.model.block_out_channels = (16, 32)
-  c.model.attention_head_dim = 2
-  t = c.text_encoder
+  config = demo_diffdis.get_config()
+  config.data.image_size = config.model.input_size = 8
+  config.model.block_out_channels = (16, 32)
+  config.model.attention_head_dim = 2
+  t = config.text_encoder
   t.hidden_size, t.intermediate_size, t.projection_dim = 16, 32, 16
   t.num_hidden_layers, t.num_attention_heads, t.pretrain_steps = 1, 2, 150
-  c.diffdis.context_dim, c.diffdis.text_dim = 16, 16
-  c.diffdis.zeroshot.steps, c.diffdis.sample.steps, c.diffdis.sample.per_prompt = 3, 2, 1
-  c.batch_size = 16
-  c.mesh.data, c.mesh.fsdp = 2, 4
-  c.log_every, c.checkpoint_every, c.sample_every = LOG_EVERY, 100, 10_000
-  return apply_overrides(c, overrides)
+  config.diffdis.context_dim, config.diffdis.text_dim = 16, 16
+  d = config.diffdis
+  d.zeroshot.steps, d.sample.steps, d.sample.per_prompt = 3, 2, 1
+  config.batch_size = 16
+  config.mesh.data, config.mesh.fsdp = 2, 4
+  config.log_every, config.checkpoint_every, config.sample_every = LOG_EVERY, 100, 10_000
+  return apply_overrides(config, overrides)
 
 
 def _trainer(config, workdir):

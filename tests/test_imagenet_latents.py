@@ -66,15 +66,15 @@ def files(tmp_path_factory):
 
 
 def extraction_config(root, **extract):
-  c = tiny_sddit_config()
-  c.data.vae_path = str(root / 'vae')
-  c.data.extract.source_dir = str(root / 'tfds')
-  c.data.extract.manual_dir = str(root / 'manual')
-  c.data.extract.image_size = 16
-  c.data.extract.batch_size = 2
-  c.data.extract.shard_size = 3  # 8 examples: 3 shards, the last one short
-  c.data.extract.update(extract)
-  return c
+  config = tiny_sddit_config()
+  config.data.vae_path = str(root / 'vae')
+  config.data.extract.source_dir = str(root / 'tfds')
+  config.data.extract.manual_dir = str(root / 'manual')
+  config.data.extract.image_size = 16
+  config.data.extract.batch_size = 2
+  config.data.extract.shard_size = 3  # 8 examples: 3 shards, the last one short
+  config.data.extract.update(extract)
+  return config
 
 
 @pytest.fixture(scope='module')

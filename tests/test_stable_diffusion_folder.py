@@ -68,17 +68,17 @@ def tiny_diffdis_config(folder, input_size: int = 8):
   """configs/diffdis_sd15.py shrunk to the folder `sd_folder` writes: its UNet's fields, its
   CLIP's width and length, float32; the text query is 'eot' (that CLIP has no projection)."""
   from configs import diffdis_sd15  # pylint: disable=g-import-not-at-top
-  c = diffdis_sd15.get_config()
-  c.init.sd_folder, c.compute_dtype = str(folder), 'float32'
-  m = c.model
+  config = diffdis_sd15.get_config()
+  config.init.sd_folder, config.compute_dtype = str(folder), 'float32'
+  m = config.model
   m.input_size, m.block_out_channels, m.layers_per_block = input_size, (32, 64), 1
   m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
   m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
   m.attention_head_dim, m.norm_num_groups = 2, 8
-  d = c.diffdis
+  d = config.diffdis
   d.context_dim, d.context_length, d.head_blocks = 32, MAX_TOKENS, 1
   d.query, d.text_dim = 'eot', 32
-  return c
+  return config
 
 
 def test_text_to_image_forward(sd_folder):

@@ -38,6 +38,7 @@ import tarfile
 from typing import Iterator, Sequence
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image
 
 from diffdis_jax.data.imagenet_latents import center_crop_arr
@@ -118,8 +119,6 @@ def _read_tfrecord(path: str, image_key: str, caption_key: str):
 
 
 def _read_array_record(path: str, image_key: str, caption_key: str):
-  # pylint: disable-next=g-import-not-at-top
-  from array_record.python.array_record_module import ArrayRecordReader
   try:
     reader = ArrayRecordReader(path)
     count = reader.num_records()

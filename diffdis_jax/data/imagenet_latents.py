@@ -25,6 +25,7 @@ import logging
 import os
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from diffdis_jax.core import files
@@ -123,8 +124,6 @@ def check_settings(out_dir: str, settings: dict, lead: bool):
 def write_records(path: str, features, examples) -> int:
   """Serialize `examples` (dicts matching `features`) into one ArrayRecord file, in order;
   the file appears under `path` only once complete."""
-  # pylint: disable-next=g-import-not-at-top
-  from array_record.python.array_record_module import ArrayRecordWriter
   count = 0
   with files.atomic_path(path) as tmp:
     # one record per group: random access; uncompressed: latents barely compress and brotli,
