@@ -20,7 +20,7 @@ from diffdis_jax.nn import convolution
 from diffdis_jax.nn.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from diffdis_jax.nn.layers import REMAT_POLICIES
 from diffdis_jax.parallel import mesh as mesh_lib
-from diffdis_jax.tasks import task_class
+from diffdis_jax.tasks import make_task
 from diffdis_jax.tasks.base import COMPUTE_DTYPES
 from diffdis_jax.train.step import NONFINITE_POLICIES
 from diffdis_jax.train.workdir import check_identity
@@ -38,7 +38,7 @@ def check_run(config, mode: str, workdir: str, num_devices: Optional[int] = None
     check_extraction(config)
     check_workdir(workdir)
     return
-  task = task_class(config.method)(config, workdir)
+  task = make_task(config, workdir)
   check_shared_fields(config)
   task.check_config()
   if num_devices is not None:
@@ -72,8 +72,7 @@ def check_shared_fields(config):
 
 
 def check_mesh(config, num_devices: int):
-  sizes = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)  # MeshError is a ConfigError
-  dp = sizes[0] * sizes[1]
+  dp = mesh_lib.resolved_data_parallel_size(config.mesh, num_devices)  # MeshError: ConfigError
   check(config.batch_size % dp == 0,
         f'batch_size {config.batch_size} is not divisible by the data-parallel size {dp} '
         '(mesh.data * mesh.fsdp); change --config.batch_size or the mesh')

@@ -71,6 +71,13 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape['data'] * mesh.shape['fsdp']
 
 
+def resolved_data_parallel_size(mesh_config, num_devices: int) -> int:
+  """What `data_parallel_size` will be for the mesh `mesh_config` makes of `num_devices`,
+  before any mesh is built (config checks)."""
+  sizes = dict(zip(MESH_AXES, resolve_mesh_shape(mesh_config, num_devices)))
+  return math.prod(sizes[axis] for axis in BATCH_AXES)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

@@ -189,10 +189,7 @@ def check_config(config):
 
 
 def check_mode(config, mode: str, workdir: str):
-  """--mode=sample has nothing to write for DiffDis; --mode=eval needs something to
-  evaluate, every input it names and a checkpoint."""
-  check(mode != 'sample', '--mode=sample writes class-conditional samples for FID '
-                          '(method=sddit); for DiffDis use --mode=grid (text-to-image grid)')
+  """--mode=eval needs something to evaluate, every input it names and a checkpoint."""
   if mode == 'eval':
     check_eval_inputs(config, workdir)
 

@@ -106,14 +106,12 @@ class CaptionedDigits(Source):
     class prompts, the digits cycling 0..9: the class of a sample is the digit its prompt
     names."""
     config, m = self.config, self.config.model
-    text = self.task.text
     labels = np.arange(num_samples, dtype=np.int32) % dc.NUM_CLASSES
-    class_context = text.encode(self.preview_prompts())[0]
-    null_context = text.encode([''])[0][0]
+    class_context = self.task.prompt_contexts  # one per digit, in digit order
     noise = jax.random.normal(jax.random.PRNGKey(config.seed + GENERATION_NOISE_OFFSET),
                               (num_samples, m.input_size, m.input_size, m.in_channels))
     samples = jax.device_get(preview_fn(params, noise, jnp.asarray(class_context[labels]),
-                                        jnp.asarray(null_context)))
+                                        jnp.asarray(self.task.null_context)))
     cache = os.path.join(self.task.workdir, 'digits_classifier') if self.task.workdir else None
     metric = DigitsMetric.create(cache_dir=cache, seed=0, size=config.data.image_size)
     return metric.evaluate(samples, labels)

@@ -54,8 +54,8 @@ class DiffDisTask(base.Task):
     checks.check_config(self.config)
 
   def check_mode(self, mode, workdir, num_devices):
-    checks.check_mode(self.config, mode, workdir)
     super().check_mode(mode, workdir, num_devices)
+    checks.check_mode(self.config, mode, workdir)
 
   # ------------------------------------------------------------------ model and state
 
@@ -70,8 +70,7 @@ class DiffDisTask(base.Task):
 
   def finish_init(self, state, shardings):
     """The empty prompt's c into aux; SD's UNet weights into the params when given."""
-    null_context = self.text.encode([''])[0][0]
-    state = state.replace(aux=objective.set_null_context(state.aux, null_context))
+    state = state.replace(aux=objective.set_null_context(state.aux, self.null_context))
     if self.config.init.sd_folder:
       params = with_unet_params(jax.device_get(state.params),
                                 self.stable_diffusion.unet_params)
@@ -104,6 +103,16 @@ class DiffDisTask(base.Task):
     cache = os.path.join(self.workdir, 'text_encoder') if self.workdir else None
     return DigitsTextEncoder.create(config.text_encoder, cache, seed=config.text_encoder.seed,
                                     size=config.data.image_size)
+
+  @functools.cached_property
+  def null_context(self) -> np.ndarray:
+    """(L, d_c): c of the empty prompt, the condition that guidance and dropout fall back to."""
+    return self.text.encode([''])[0][0]
+
+  @functools.cached_property
+  def prompt_contexts(self) -> np.ndarray:
+    """(prompts, L, d_c): c of each of the data source's preview prompts, in order."""
+    return self.text.encode(self.source.preview_prompts())[0]
 
   @property
   def pixel_size(self) -> int:
@@ -155,11 +164,10 @@ class DiffDisTask(base.Task):
     if not prompts:
       return None
     per_row = d.sample.per_prompt
-    context = np.repeat(self.text.encode(prompts)[0], per_row, axis=0)
-    null_context = self.text.encode([''])[0][0]
+    context = np.repeat(self.prompt_contexts, per_row, axis=0)
     noise = jax.random.normal(jax.random.PRNGKey(self.config.seed + 1),  # the same every time
                               (len(context), m.input_size, m.input_size, m.in_channels))
-    images = preview_fn(params, noise, jnp.asarray(context), jnp.asarray(null_context))
+    images = preview_fn(params, noise, jnp.asarray(context), jnp.asarray(self.null_context))
     return to_grid(jax.device_get(images), per_row)
 
   def final_eval(self, preview_fn, params) -> dict:
@@ -215,7 +223,7 @@ class DiffDisTask(base.Task):
 
     jitted = (jax.jit(batch_fn) if mesh is None
               else jax.jit(batch_fn, out_shardings=mesh_lib.replicated(mesh)))
-    null_context = jnp.asarray(self.text.encode([''])[0][0])
+    null_context = jnp.asarray(self.null_context)
     rng = jax.random.PRNGKey(config.seed + ZEROSHOT_NOISE_OFFSET)
     batch = d.zeroshot.batch
 

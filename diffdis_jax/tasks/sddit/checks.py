@@ -152,8 +152,7 @@ def _check_sampling(config, num_devices):
   one_of(s.labels, LABEL_MODES, 'sample.labels')
   positive_int(s.batch_size, 'sample.batch_size')
   if num_devices is not None:
-    sizes = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
-    dp = sizes[0] * sizes[1]
+    dp = mesh_lib.resolved_data_parallel_size(config.mesh, num_devices)
     check(s.batch_size % dp == 0, f'sample.batch_size {s.batch_size} is not divisible by the '
                                   f'data-parallel size {dp}; change --config.sample.batch_size')
   _check_vae(config)
