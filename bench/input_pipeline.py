@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from configs import common  # noqa: E402
-from diffdis_jax.data import imagenet_latents as il  # noqa: E402
+from diffdis_jax.data import latent_sets as il  # noqa: E402
 from diffdis_jax.data import pipeline  # noqa: E402
 
 

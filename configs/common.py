@@ -126,7 +126,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (DiffDis configs replace this section: configs/diffdis_common.diffdis_eval)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'imagenet256_latents'  # 'digits' | 'imagenet256_latents'
+  config.data.name = 'latents'       # 'digits' | 'fashion_mnist' (pixels) | 'latents' (extracted)
   config.data.dir = ''               # prepared latents (see README: extract_latents)
   config.data.image_size = 16        # digits only: upsampled side
   config.data.latent_scale = 0.18215

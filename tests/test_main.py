@@ -27,7 +27,7 @@ BAD_INPUTS = [
     ([DEMO, '--config.model.name=DiT-Q/3'], 'unknown model name'),
     ([DEMO, '--config.sddit.teacher_sigma=nope'], 'sddit.teacher_sigma'),
     ([DEMO, '--config.sddit.mask_ratio=1.0'], 'mask_ratio'),
-    (['--config=configs/sddit_xl.py'], 'dataset imagenet256_latents not found'),
+    (['--config=configs/sddit_xl.py'], 'dataset latents not found'),
     (['--config=configs/dit_xl.py', '--config.data.dir=/does/not/exist'], 'not found'),
     ([DEMO, '--mode=nope'], 'mode'),
     ([DEMO, '--config.batch_size=-8'], 'batch_size must be a positive integer'),

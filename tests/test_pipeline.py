@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_sddit_config
-from diffdis_jax.data import imagenet_latents as il
+from diffdis_jax.data import latent_sets as il
 from diffdis_jax.data import pipeline
 
 N = 24            # examples: 3 global batches of 8 per epoch
@@ -35,7 +35,7 @@ def latent_dir(tmp_path_factory):
 
 
 def _config(out, seed=0, batch=8):
-  return tiny_sddit_config(**{'data.name': 'imagenet256_latents', 'data.dir': out,
+  return tiny_sddit_config(**{'data.name': 'latents', 'data.dir': out,
                               'seed': seed, 'batch_size': batch, 'data.latent_scale': 0.5})
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image
 
-from diffdis_jax.data.imagenet_latents import center_crop_arr
+from diffdis_jax.data.latent_sets import center_crop_arr
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
 

@@ -6,10 +6,11 @@ hosts: host p of P reads rows [p * B/P, (p+1) * B/P) of it. So a run on one host
 several hosts with the same global batch see identical arrays: a transform's randomness is
 seeded by the example's global position in the stream (not by the host's own count).
 
-Sources by data.name: 'digits' (in memory) and 'imagenet256_latents' (the TFDS ArrayRecord set
-`--mode=extract_latents` writes into data.dir, read by random access: each yields a latent
-drawn from the stored posterior, mean + std * noise, of the image or its flip, times
-data.latent_scale). See docs/data.md for the guarantees.
+Sources by data.name: 'digits' and 'fashion_mnist' (pixels, in memory: Fashion-MNIST read
+from the IDX files in data.dir, padded to data.image_size) and 'latents' (the TFDS
+ArrayRecord set `--mode=extract_latents` writes into data.dir, read by random access: each
+yields a latent drawn from the stored posterior, mean + std * noise, of the image or its flip,
+times the latent scale). See docs/data.md for the guarantees.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from typing import Callable
 import grain
 import numpy as np
 
-from diffdis_jax.data import digits
+from diffdis_jax.data import digits, fashion_mnist
 
 # the class-labelled image sets `make_train_iterator` reads, by data.name
-TRAIN_SOURCES = ('digits', 'imagenet256_latents')
+TRAIN_SOURCES = ('digits', 'fashion_mnist', 'latents')
 
 
 class ArraySource:
@@ -108,19 +109,36 @@ def sample_latent(scale: float) -> Callable:
   return transform
 
 
-def make_train_iterator(config, process_index: int = 0, process_count: int = 1):
-  """The training iterator a config describes; yields {'image': NHWC, 'label': (b,)} numpy."""
+def uint8_to_unit_range(example, rng):
+  """transform(example, rng): uint8 pixels to float32 in [-1, 1] (done per example, so that
+  the source holds 1 byte per pixel, not 4)."""
+  del rng
+  return {'image': example['image'].astype(np.float32) / 127.5 - 1.0,
+          'label': np.int32(example['label'])}
+
+
+def make_train_iterator(config, process_index: int = 0, process_count: int = 1,
+                        latent_scale: float | None = None):
+  """The training iterator a config describes; yields {'image': NHWC, 'label': (b,)} numpy.
+
+  `latent_scale` (latents only): the factor the VAE's latents are scaled by, when the caller
+  has resolved it from the VAE (data.latent_scale=0); by default data.latent_scale.
+  """
   name = config.data.name
+  batching = dict(global_batch=config.batch_size, seed=config.seed,
+                  process_index=process_index, process_count=process_count)
   if name == 'digits':
-    source = ArraySource(digits.load_digits('train', config.data.image_size))
-    ds = host_dataset(source, global_batch=config.batch_size, seed=config.seed,
-                      process_index=process_index, process_count=process_count)
-    return iter(ds)
-  if name == 'imagenet256_latents':
+    return iter(host_dataset(ArraySource(digits.load_digits('train', config.data.image_size)),
+                             **batching))
+  if name == 'fashion_mnist':
+    train = fashion_mnist.load_split(config.data.dir, 'train')
+    source = ArraySource({'image': fashion_mnist.pad_to(train['image'], config.data.image_size),
+                          'label': train['label']})
+    return iter(host_dataset(source, transform=uint8_to_unit_range, **batching))
+  if name == 'latents':
+    scale = config.data.latent_scale if latent_scale is None else latent_scale
     ds = host_dataset(latent_source(config.data.dir, config.data.get('split', 'train')),
-                      global_batch=config.batch_size, seed=config.seed,
-                      process_index=process_index, process_count=process_count,
-                      transform=sample_latent(config.data.latent_scale))
+                      transform=sample_latent(scale), **batching)
     return iter(ds)
   raise ValueError(f'no training input for data.name={name!r}: use one of {TRAIN_SOURCES}')
 

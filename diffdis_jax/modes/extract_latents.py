@@ -4,7 +4,7 @@
         --config.data.vae_path=/models/sd-vae-ft-ema \
         --config.data.extract.manual_dir=/data/imagenet_tars   # or .source_dir=<prepared TFDS>
 
-What is read and how the shards are laid out, named and resumed is data/imagenet_latents.py's;
+What is read and how the shards are laid out, named and resumed is data/latent_sets.py's;
 this module encodes: each host encodes its shards with its own devices (the batch split over
 `jax.local_devices()`), so no host waits on another until the metadata is written at the end.
 """
@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffdis_jax import weights
-from diffdis_jax.data import imagenet_latents as latents
+from diffdis_jax.data import latent_sets as latents
 
 
 class LatentEncoder:

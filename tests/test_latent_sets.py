@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import tiny_sddit_config
 from diffdis_jax.core.checks import ConfigError
-from diffdis_jax.data import imagenet_latents as il
+from diffdis_jax.data import latent_sets as il
 from diffdis_jax.data import pipeline
 from diffdis_jax.modes.checks import check_run
 from diffdis_jax.modes.run import build_trainer
@@ -147,11 +147,11 @@ def test_restart_redoes_only_missing_shards_and_refuses_other_settings(files, ex
 
 def test_train_step_on_extracted_latents(extracted):
   out, *_ = extracted
-  config = tiny_sddit_config(**{'data.name': 'imagenet256_latents', 'data.dir': out,
+  config = tiny_sddit_config(**{'data.name': 'latents', 'data.dir': out,
                                 'model.in_channels': 4, 'model.num_classes': 1000})
   check_run(config, 'train', out, jax.device_count())
   with pytest.raises(ConfigError, match='model.in_channels=4'):
-    check_run(tiny_sddit_config(**{'data.name': 'imagenet256_latents', 'data.dir': out,
+    check_run(tiny_sddit_config(**{'data.name': 'latents', 'data.dir': out,
                                    'model.num_classes': 1000}), 'train', out)
   trainer = build_trainer(config, out, devices=jax.devices()[:1])  # one device: faster compile
   trainer.compiler_options = {'xla_backend_optimization_level': 0}
