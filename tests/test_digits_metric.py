@@ -7,6 +7,7 @@ import pytest
 import scipy.ndimage
 
 from diffdis_jax.data.digits import load_digits
+from diffdis_jax.eval import classifier_metric as cm
 from diffdis_jax.eval import digits_metric as dm
 
 
@@ -70,7 +71,7 @@ def test_cached_and_deterministic(metric, cache_dir, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError('the cached classifier should have been loaded')
 
-  monkeypatch.setattr(dm, 'train_classifier', no_training)
+  monkeypatch.setattr(cm, 'train_classifier', no_training)
   loaded = dm.DigitsMetric.create(cache_dir=cache_dir, seed=0, size=16)
   assert _equal(loaded.params, metric.params)
   assert loaded.test_accuracy == metric.test_accuracy
@@ -92,5 +93,21 @@ def test_rejects_bad_input_and_foreign_cache(metric, tmp_path):
   assert metric.features(np.zeros((3, 16, 16))).shape == (3, dm.FEATURES)  # channel optional
   bad = tmp_path / f'digits_classifier_v{dm.VERSION}_size16_seed0.npz'
   np.savez(bad, something=np.zeros(3))
-  with pytest.raises(ValueError, match='delete it to retrain'):
+  with pytest.raises(ValueError, match=r'does not hold a v2 digits classifier \(size16\); delete'):
+    dm.DigitsMetric.create(cache_dir=str(tmp_path), seed=0, size=16)
+
+
+def test_cache_records_its_version_and_old_files_still_load(metric, cache_dir, tmp_path):
+  """The cache file records data set and version; a file of another version is refused; a
+  file from before the record (params only) still loads."""
+  with np.load(os.path.join(cache_dir, f'digits_classifier_v{dm.VERSION}_size16_seed0.npz')) as f:
+    cached = dict(f)
+  assert str(cached.pop('__name__')) == 'digits' and int(cached.pop('__version__')) == dm.VERSION
+  path = tmp_path / f'digits_classifier_v{dm.VERSION}_size16_seed0.npz'
+  np.savez(path, **cached)  # as the code before the record wrote it
+  assert _equal(dm.DigitsMetric.create(cache_dir=str(tmp_path), seed=0, size=16).params,
+                metric.params)
+  np.savez(path, **cached, __name__=np.array('digits'), __version__=np.array(dm.VERSION - 1))
+  with pytest.raises(ValueError, match=f'holds a v{dm.VERSION - 1} digits classifier, not a '
+                     f'v{dm.VERSION} digits classifier \\(size16\\).*delete it to retrain'):
     dm.DigitsMetric.create(cache_dir=str(tmp_path), seed=0, size=16)
