@@ -115,7 +115,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sample.vae = ''             # diffusers AutoencoderKL folder; latent models need it
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.digits_samples = 0     # digits only: samples for fd_digits / sample_class_acc
+  # samples scored at the end by the image set's classifier (eval/classifier_metric.py):
+  # fd_digits or fd_fmnist, and sample_class_acc (0: none)
+  config.eval.metric_samples = 0
+  config.eval.classifier_dir = ''    # its cache ('': <workdir>/classifier)
   # --mode=eval (docs/evaluation.md): FID, sFID, IS, precision, recall to <workdir>/eval.json
   config.eval.samples_npz = ''       # '' : sample.output, i.e. <workdir>/samples.npz
   config.eval.reference_npz = ''     # ADM reference batch, or eval/fid.save_reference output

@@ -32,6 +32,6 @@ def get_config():
   config.sample.steps = 18
   config.sample.per_class = 6
   config.sample.guidance = 1.5
-  config.eval.digits_samples = 300  # fd_digits and sample_class_acc at the end
+  config.eval.metric_samples = 300  # fd_digits and sample_class_acc at the end
   config.mesh.data = -1              # plain data parallelism over whatever devices there are
   return config

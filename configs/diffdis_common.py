@@ -110,7 +110,7 @@ def diffdis_eval() -> ml_collections.ConfigDict:
   ev.retrieval_max_pairs = 0      # captions read; 0: all
   # captioned digits only: text-to-image samples of the class prompts scored at the end of
   # training by the digits metric (fd_digits, sample_class_acc); 0: none
-  ev.digits_samples = 0
+  ev.metric_samples = 0
   return ev
 
 

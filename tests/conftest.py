@@ -32,7 +32,7 @@ def tiny_sddit_config(**overrides):
   config.mesh.data = -1
   config.sample.steps = 3
   config.sample.per_class = 1
-  config.eval.digits_samples = 0
+  config.eval.metric_samples = 0
   return apply_overrides(config, overrides)
 
 

@@ -123,7 +123,7 @@ def test_colab_notebook_runs_end_to_end_and_shows_its_grid(tmp_path):
           '--config.model.input_size=8', '--config.model.head.hidden=32',
           '--config.model.head.bottleneck=16', '--config.model.head.out_dim=32',
           '--config.sample.steps=2', '--config.sample.per_class=2',
-          '--config.eval.digits_samples=0', '--config.log_every=4']
+          '--config.eval.metric_samples=0', '--config.log_every=4']
   workdir = str(tmp_path / 'demo')
   nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
       f'REPO_DIR = {ROOT!r}\nINSTALL = False\nSTEPS = 12\nWORKDIR = {workdir!r}\n'

@@ -29,7 +29,7 @@ TIMEOUT_S = 540  # compiles of two processes and of this one share 2 cores
 OVERRIDES = {
     'sddit.dis_weight': 0.0, 'sddit.mask_ratio': 0.0, 'model.decoder_mode': 'split',
     'model.decoder_depth': 1, 'optim.warmup_steps': 0, 'total_steps': STEPS, 'log_every': 1,
-    'checkpoint_every': 1, 'sample_every': 1000, 'eval.digits_samples': 0, 'sample.steps': 1,
+    'checkpoint_every': 1, 'sample_every': 1000, 'eval.metric_samples': 0, 'sample.steps': 1,
 }
 
 

@@ -33,7 +33,7 @@ def _config(shape, **overrides):
   return tiny_sddit_config(**{
       'mesh.data': data, 'mesh.fsdp': fsdp, 'mesh.tensor': tensor, 'optim.warmup_steps': 0,
       'model.decoder_mode': 'split', 'model.decoder_depth': 1,
-      'eval.digits_samples': 0, 'sample_every': 1000, 'log_every': 1, **overrides})
+      'eval.metric_samples': 0, 'sample_every': 1000, 'log_every': 1, **overrides})
 
 
 def _trainer(config, workdir, devices=None):

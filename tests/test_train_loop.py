@@ -20,7 +20,7 @@ def _fingerprints(workdir):
 def test_demo_loss_falls_over_a_few_dozen_steps(tmp_path):
   config = tiny_sddit_config(**{'total_steps': 60, 'log_every': 10, 'checkpoint_every': 60,
                                 'sample_every': 60, 'optim.warmup_steps': 5, 'batch_size': 32,
-                                'eval.digits_samples': 40})
+                                'eval.metric_samples': 40})
   build_trainer(config, str(tmp_path)).train()
   records = [r for r in read_metrics(str(tmp_path)) if 'loss' in r]
   assert [r['step'] for r in records] == list(range(10, 61, 10))

@@ -5,7 +5,7 @@ this module holds only the mechanics, so the package needs nothing from the repo
 configs/ folder. A run's config is built in this order, later steps winning:
 
   base config -> the scale's overrides -> total_steps (the budget) -> `--set` overrides
-  -> eval.digits_samples (the study's sample count) -> the variant's overrides -> seed
+  -> eval.metric_samples (the study's sample count) -> the variant's overrides -> seed
 
 so `--set` changes the shared base (e.g. a tiny model for a smoke test) and never undoes
 what makes a variant what it is.
@@ -59,7 +59,7 @@ class Study:
     apply_overrides(config, self.scales[scale].overrides, f'scale {scale}')
     config.total_steps = steps
     apply_overrides(config, extra, '--set')
-    config.eval.digits_samples = samples
+    config.eval.metric_samples = samples
     apply_overrides(config, self.variant(variant_name).overrides, f'variant {variant_name}')
     config.seed = seed
     return config

@@ -5,7 +5,7 @@
                     text encoder (text_encoders.py), looked up per caption on the host. The
                     held-out digits give the final evaluation: zero-shot accuracy with the
                     class prompts as candidates, caption retrieval, and (with
-                    eval.digits_samples) the digits metric of text-to-image samples.
+                    eval.metric_samples) the digits metric of text-to-image samples.
   image_text_pairs  shards of (image, caption) in data.dir (data/captions.py), decoded and
                     tokenized on the host; SD's VAE and CLIP turn each sharded batch into
                     latents, c and e on the devices before the step (pair_encoder.py).
@@ -82,8 +82,8 @@ class CaptionedDigits(Source):
     scores = {}
     if self.config.diffdis.align_mode != 'none':
       scores.update(self.zeroshot_scores(params))
-    if self.config.eval.digits_samples:
-      scores.update(self.generation_scores(preview_fn, params, self.config.eval.digits_samples))
+    if self.config.eval.metric_samples:
+      scores.update(self.generation_scores(preview_fn, params, self.config.eval.metric_samples))
     return scores
 
   def zeroshot_scores(self, params) -> dict:

@@ -172,7 +172,7 @@ class DiffDisTask(base.Task):
 
   def final_eval(self, preview_fn, params) -> dict:
     """What the data source scores at the end (the demo's held-out digits: zero-shot,
-    retrieval and, with eval.digits_samples, text-to-image samples)."""
+    retrieval and, with eval.metric_samples, text-to-image samples)."""
     return self.source.final_eval(preview_fn, params)
 
   # ------------------------------------------------------------------ --mode=eval
