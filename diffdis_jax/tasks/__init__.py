@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Optional
 
 from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.tasks.autoencoder import AutoencoderTask
 from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis import DiffDisTask
 from diffdis_jax.tasks.sddit import SDDiTTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SDDiTTask, DiffDisTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SDDiTTask, DiffDisTask,
+                                                              AutoencoderTask)}
 
 
 def task_class(method: str) -> type[Task]:
