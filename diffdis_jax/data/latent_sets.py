@@ -1,14 +1,15 @@
-"""The files of latent extraction: ImageNet (or any TFDS image classification set) read in
-ranges, and SD-VAE latents written as a TFDS ArrayRecord set. The encoding itself, which needs
+"""The files of latent extraction: ImageNet (or any TFDS image classification set, or
+Fashion-MNIST's IDX files) read in ranges, and VAE latents written as a TFDS ArrayRecord set. The encoding itself, which needs
 the VAE, is the run mode's (modes/extract_latents.py):
 
     python launch/main.py --mode=extract_latents --config=configs/sddit_xl.py --workdir=DIR \
         --config.data.vae_path=/models/sd-vae-ft-ema \
         --config.data.extract.manual_dir=/data/imagenet_tars   # or .source_dir=<prepared TFDS>
 
-Each image is centre-cropped and resized as ADM does (`center_crop_arr`), encoded together
-with its horizontal flip, and stored as the posterior moments: 'mean' and 'std', each
-(2, side/8, side/8, 4) float32 (row 0 the image, row 1 its flip), and 'label'. DIR becomes a
+Each image is centre-cropped and resized as ADM does (`center_crop_arr`; Fashion-MNIST is
+padded instead, its pixels untouched), encoded together with its horizontal flip, and stored
+as the posterior moments: 'mean' and 'std', each (2, latent side, latent side, channels)
+float32 (row 0 the image, row 1 its flip), and 'label'. DIR becomes a
 TFDS dataset folder (`tfds.builder_from_directory(DIR)`, `pipeline.latent_source(DIR)`).
 
 Work is cut into shards of `data.extract.shard_size` consecutive source examples; host p of P
@@ -30,6 +31,7 @@ from PIL import Image
 
 from diffdis_jax.core import files
 from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.data import fashion_mnist
 
 OUTPUT_NAME = 'imagenet256_latents'
 SETTINGS_FILE = 'extraction.json'  # what the shards were made with: a restart must match
@@ -88,6 +90,49 @@ def read_range(builder, split: str, start: int, end: int):
   for example in examples:
     with Image.open(io.BytesIO(example['image'])) as image:
       yield image.convert('RGB'), int(example['label'])
+
+
+class TFDSImages:
+  """A TFDS image classification set as extraction reads it: RGB crops of `side` pixels."""
+
+  channels = 3
+
+  def __init__(self, builder):
+    self.builder = builder
+    self.num_classes = builder.info.features['label'].num_classes
+
+  def num_examples(self, split: str) -> int:
+    return self.builder.info.splits[split].num_examples
+
+  def images(self, split: str, start: int, end: int, side: int):
+    """(uint8 (side, side, 3) array, label) of examples [start, end)."""
+    for image, label in read_range(self.builder, split, start, end):
+      yield center_crop_arr(image, side), label
+
+
+class FashionMNISTImages:
+  """Fashion-MNIST's IDX files as extraction reads them: (side, side, 1) padded images."""
+
+  num_classes, channels = fashion_mnist.NUM_CLASSES, 1
+
+  def __init__(self, data_dir: str):
+    self.data_dir = data_dir
+
+  def num_examples(self, split: str) -> int:
+    return len(fashion_mnist.load_split(self.data_dir, split)['label'])
+
+  def images(self, split: str, start: int, end: int, side: int):
+    data = fashion_mnist.load_split(self.data_dir, split)
+    padded = fashion_mnist.pad_to(data['image'][start:end], side)
+    yield from zip(padded, (int(label) for label in data['label'][start:end]))
+
+
+def open_images(extract_config):
+  """The image source of data.extract: Fashion-MNIST's files (source 'fashion_mnist', in
+  source_dir, by default where Debian installs them) or a TFDS set (`open_source`)."""
+  if extract_config.source == 'fashion_mnist':
+    return FashionMNISTImages(extract_config.source_dir or fashion_mnist.DEBIAN_DIR)
+  return TFDSImages(open_source(extract_config))
 
 
 def output_features(latent_side: int, latent_channels: int, num_classes: int):

@@ -15,7 +15,9 @@ from typing import Optional
 
 import jax
 
-from diffdis_jax.core.checks import check, one_of, positive_int
+from diffdis_jax import weights
+from diffdis_jax.core.checks import ConfigError, check, one_of, positive_int
+from diffdis_jax.data import fashion_mnist
 from diffdis_jax.nn import convolution
 from diffdis_jax.nn.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from diffdis_jax.nn.layers import REMAT_POLICIES
@@ -101,8 +103,18 @@ def check_extraction(config):
                              '--config.data.vae_path=<folder or .safetensors file>')
   for field in ('image_size', 'batch_size', 'shard_size'):
     positive_int(ex[field], f'data.extract.{field}')
-  check(ex.image_size % 8 == 0, f'data.extract.image_size={ex.image_size} is not a multiple of '
-                                '8 (the VAE downsamples by 8)')
+  try:
+    factor = 2 ** (len(weights.vae_config(vae)['block_out_channels']) - 1)
+  except FileNotFoundError as err:
+    raise ConfigError(f'data.vae_path: {err}') from None
+  check(ex.image_size % factor == 0, f'data.extract.image_size={ex.image_size} is not a '
+                                     f'multiple of {factor} (the VAE downsamples by {factor})')
+  if ex.source == 'fashion_mnist':
+    check(ex.image_size >= fashion_mnist.SIDE,
+          f'data.extract.image_size={ex.image_size}: Fashion-MNIST is padded to it, never '
+          f'cropped; pass --config.data.extract.image_size={fashion_mnist.MODEL_SIDE}')
+    fashion_mnist.check_dir(ex.source_dir or fashion_mnist.DEBIAN_DIR)
+    return
   # source_dir is where a manual_dir gets prepared: it need exist only without one
   for field in ('manual_dir',) if ex.manual_dir else ('source_dir',):
     path = ex[field]

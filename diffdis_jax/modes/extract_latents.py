@@ -1,4 +1,4 @@
-"""--mode=extract_latents: a TFDS image set through the SD-VAE encoder into a latent set.
+"""--mode=extract_latents: an image set through a VAE's encoder into a latent set.
 
     python launch/main.py --mode=extract_latents --config=configs/sddit_xl.py --workdir=DIR \
         --config.data.vae_path=/models/sd-vae-ft-ema \
@@ -52,8 +52,8 @@ class LatentEncoder:
     return np.asarray(mean)[:n], np.asarray(std)[:n]
 
 
-def encoded(encoder: LatentEncoder, examples, image_size: int):
-  """{'mean', 'std', 'label'} of each (RGB PIL image, label), encoded a batch at a time."""
+def encoded(encoder: LatentEncoder, examples):
+  """{'mean', 'std', 'label'} of each (uint8 HWC image, label), encoded a batch at a time."""
   images, labels = [], []
 
   def flush():
@@ -61,8 +61,8 @@ def encoded(encoder: LatentEncoder, examples, image_size: int):
     yield from ({'mean': m, 'std': s, 'label': label}
                 for m, s, label in zip(mean, std, labels))
 
-  for image, label in examples:  # PIL images
-    images.append(latents.center_crop_arr(image, image_size))
+  for image, label in examples:
+    images.append(image)
     labels.append(label)
     if len(images) == encoder.batch_size:
       yield from flush()
@@ -77,8 +77,8 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
   ex = config.data.extract
   p = jax.process_index() if process_index is None else process_index
   n_proc = jax.process_count() if process_count is None else process_count
-  builder = latents.open_source(ex)
-  total = builder.info.splits[ex.split].num_examples
+  source = latents.open_images(ex)
+  total = source.num_examples(ex.split)
   num_shards = max(1, -(-total // ex.shard_size))
   os.makedirs(out_dir, exist_ok=True)
   latents.check_settings(out_dir, dict(source=ex.source, split=ex.split,
@@ -90,9 +90,12 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
     vae, params = weights.load_vae(config.data.vae_path)
   except FileNotFoundError as err:
     raise latents.ExtractionError(f'data.vae_path: {err}') from None
+  if vae.in_channels != source.channels:
+    raise latents.ExtractionError(
+        f'the VAE at data.vae_path={config.data.vae_path!r} takes {vae.in_channels}-channel '
+        f'images but {ex.source} has {source.channels}; pass a VAE made for these images')
   side = ex.image_size // 2 ** (len(vae.block_out_channels) - 1)
-  features = latents.output_features(side, vae.latent_channels,
-                                     builder.info.features['label'].num_classes)
+  features = latents.output_features(side, vae.latent_channels, source.num_classes)
   encoder = LatentEncoder(vae, params, ex.batch_size)
   mine = [s for s in range(num_shards) if s % n_proc == p]
   path = lambda shard: latents.shard_path(out_dir, ex.split, shard, num_shards)
@@ -103,9 +106,8 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
   t0, done = time.perf_counter(), 0
   for k, shard in enumerate(todo):
     start, end = shard * ex.shard_size, min((shard + 1) * ex.shard_size, total)
-    images = latents.read_range(builder, ex.split, start, end)
-    done += latents.write_records(path(shard), features,
-                                  encoded(encoder, images, ex.image_size))
+    images = source.images(ex.split, start, end, ex.image_size)
+    done += latents.write_records(path(shard), features, encoded(encoder, images))
     rate = done / (time.perf_counter() - t0)
     left = sum(min(ex.shard_size, total - s * ex.shard_size) for s in todo[k + 1:])
     logging.info('shard %d/%d written: %d images this run, %.1f images/s, ~%.0f s left',
@@ -116,7 +118,7 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
     lengths = [min(ex.shard_size, total - s * ex.shard_size) for s in range(num_shards)]
     latents.write_dataset_info(
         out_dir, features, ex.split, lengths,
-        description=f'SD-VAE posterior moments of {ex.source}/{ex.split} at {ex.image_size} px '
+        description=f'VAE posterior moments of {ex.source}/{ex.split} at {ex.image_size} px '
                     '(row 0 the image, row 1 its flip)')
   seconds = time.perf_counter() - t0
   return dict(examples_this_run=done, seconds=seconds, shards=num_shards,

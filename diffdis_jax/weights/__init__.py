@@ -12,11 +12,11 @@ from diffdis_jax.weights.export import save_diffusers_vae, to_diffusers_vae
 from diffdis_jax.weights.stable_diffusion import (StableDiffusion, from_diffusers_unet,
                                                   from_diffusers_vae, from_transformers_clip_text,
                                                   load_clip_text_encoder, load_stable_diffusion,
-                                                  load_vae)
+                                                  load_vae, vae_config)
 
 __all__ = [
     'WeightMismatchError', 'load_safetensors', 'from_diffusers_dit', 'from_official_dit',
     'from_diffusers_unet', 'from_diffusers_vae', 'from_transformers_clip_text',
-    'load_clip_text_encoder', 'load_stable_diffusion', 'load_vae', 'StableDiffusion',
-    'to_diffusers_vae', 'save_diffusers_vae',
+    'load_clip_text_encoder', 'load_stable_diffusion', 'load_vae', 'vae_config',
+    'StableDiffusion', 'to_diffusers_vae', 'save_diffusers_vae',
 ]

@@ -203,10 +203,8 @@ def load_stable_diffusion(folder, *, dtype=jnp.float32,
 VAE_WEIGHTS = 'diffusion_pytorch_model.safetensors'
 
 
-def load_vae(path, *, dtype=jnp.float32):
-  """(AutoencoderKL, params) from a diffusers AutoencoderKL folder (config.json beside
-  diffusion_pytorch_model.safetensors), a Stable Diffusion folder holding one as vae/, or a
-  .safetensors file (its folder's config.json when there is one, else SD's VAE config)."""
+def _vae_files(path) -> tuple[dict, str]:
+  """(config.json as a dict, {} when absent; the weights file) of a VAE path."""
   path = os.fspath(path)
   if os.path.isdir(os.path.join(path, 'vae')):
     path = os.path.join(path, 'vae')
@@ -219,6 +217,26 @@ def load_vae(path, *, dtype=jnp.float32):
   if os.path.isfile(config_path):
     with open(config_path) as f:
       config = json.load(f)
+  return config, weights
+
+
+def vae_config(path) -> dict:
+  """The diffusers AutoencoderKL config of a VAE path, without loading its weights: the
+  file's own, with SD's defaults (AutoencoderKL's fields) for what it does not say."""
+  config, _ = _vae_files(path)
+  defaults = AutoencoderKL()
+  out = {name: getattr(defaults, name) for name in (
+      'in_channels', 'out_channels', 'block_out_channels', 'latent_channels',
+      'scaling_factor', 'shift_factor')}
+  out.update({k: v for k, v in config.items() if v is not None or k == 'shift_factor'})
+  return out
+
+
+def load_vae(path, *, dtype=jnp.float32):
+  """(AutoencoderKL, params) from a diffusers AutoencoderKL folder (config.json beside
+  diffusion_pytorch_model.safetensors), a Stable Diffusion folder holding one as vae/, or a
+  .safetensors file (its folder's config.json when there is one, else SD's VAE config)."""
+  config, weights = _vae_files(path)
   return from_diffusers_vae(config, load_safetensors(weights), dtype=dtype)
 
 
