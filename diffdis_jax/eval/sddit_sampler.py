@@ -32,10 +32,13 @@ def grid_labels(config) -> np.ndarray:
   return np.tile(cols.astype(np.int32), config.sample.per_class)
 
 
-def sample_grid(sample_fn, params, config, rng) -> np.ndarray:
-  """Samples for `grid_labels`, assembled into a uint8 grid (pixel-space models)."""
+def sample_grid(sample_fn, params, config, rng, decode=None) -> np.ndarray:
+  """Samples for `grid_labels`, assembled into a uint8 grid; `decode` turns a latent model's
+  samples into images in [-1, 1] (a VAE decoder)."""
   labels = jnp.asarray(grid_labels(config))
   m = config.model
   noise = jax.random.normal(rng, (len(labels), m.input_size, m.input_size, m.in_channels))
   images = sample_fn(params, noise, labels)
+  if decode is not None:
+    images = decode(images)
   return to_grid(jax.device_get(images), config.sample.grid_classes)

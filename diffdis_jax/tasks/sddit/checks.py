@@ -11,9 +11,11 @@ from safetensors import safe_open
 from diffdis_jax.core.checks import (ConfigError, check, existing_file, has_checkpoint, one_of,
                                      positive_int)
 from diffdis_jax.core.spaces import is_pixel_space
+from diffdis_jax.data import fashion_mnist
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
 from diffdis_jax.diffusion.samplers import SOLVERS
+from diffdis_jax.eval.image_set_metrics import image_set
 from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
 from diffdis_jax.nn.dit import DECODER_MODES, INFILLS, parse_dit_name
 from diffdis_jax.objectives.sddit import GEN_LOSS_TOKENS
@@ -63,16 +65,36 @@ def check_objective(config):
 def check_data(config):
   m = config.model
   one_of(config.data.name, TRAIN_SOURCES, 'data.name')
-  if config.data.name == 'digits':
+  if config.data.name in ('digits', 'fashion_mnist'):
     check(m.num_classes == 10 and m.in_channels == 1 and m.input_size == config.data.image_size,
-          'the digits data needs model.num_classes=10, model.in_channels=1 and '
+          f'the {config.data.name} data needs model.num_classes=10, model.in_channels=1 and '
           'model.input_size=data.image_size')
+    if config.data.name == 'fashion_mnist':
+      fashion_mnist.check_dir(config.data.dir)
     return
   check(bool(config.data.dir) and os.path.isdir(config.data.dir),
         f'dataset {config.data.name} not found at data.dir={config.data.dir!r}; prepare it with '
         '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
         '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
   check_latent_set(config)
+  check_latent_vae(config)
+
+
+def check_latent_vae(config):
+  """The VAE of the latents, where something needs it: its scale factor (data.latent_scale=0),
+  or its decoder (the classifier metric at the end of training)."""
+  vae = config.sample.vae or config.data.vae_path
+  needs = ('data.latent_scale=0 (the scale of the VAE)' if not config.data.latent_scale else
+           'eval.metric_samples (decoded samples)' if config.eval.metric_samples else None)
+  if needs is None:
+    return
+  check(bool(vae) and os.path.exists(vae),
+        f'{needs} needs the VAE of the latents, but sample.vae={vae!r} '
+        f'{"does not exist" if vae else "is not set"}; pass --config.sample.vae=<its folder>')
+  if config.eval.metric_samples:
+    check(image_set(config) is not None,
+          f'eval.metric_samples={config.eval.metric_samples}: there is no classifier for '
+          f'{config.data.extract.source} latents; pass --config.eval.metric_samples=0')
 
 
 def check_latent_set(config):
@@ -176,7 +198,9 @@ def check_mode(config, mode: str, workdir: str, num_devices):
     check(ev.fid_samples >= 2 and ev.fid_samples % s.batch_size == 0,
           f'eval.fid_samples {ev.fid_samples} must be a multiple of sample.batch_size '
           f'{s.batch_size}')
-  if mode == 'eval' or fid_in_training:
+  # an image set with its own classifier is scored without Inception unless a reference is set
+  inception_eval = mode == 'eval' and (ev.reference_npz or image_set(config) is None)
+  if inception_eval or fid_in_training:
     existing_file(ev.inception_weights, 'eval.inception_weights', weights_hint)
     existing_file(ev.reference_npz, 'eval.reference_npz', ref_hint)
   if mode == 'eval':

@@ -2,6 +2,7 @@
 on images or latents, with FID files for evaluation."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -16,13 +17,17 @@ from diffdis_jax.core.spaces import is_pixel_space
 from diffdis_jax.data import pipeline
 from diffdis_jax.eval import fid, sample_npz
 from diffdis_jax.eval import sddit_sampler
-from diffdis_jax.eval.digits_metric import DigitsMetric
+from diffdis_jax.eval import image_set_metrics
 from diffdis_jax.eval.eval_json import update_eval_json
 from diffdis_jax.eval.fid_during_training import FIDDuringTraining
+from diffdis_jax.eval.sample import decode_latents
 from diffdis_jax.nn.dit import SDDiT
 from diffdis_jax.objectives import sddit as objective
 from diffdis_jax.tasks import base
 from diffdis_jax.tasks.sddit import checks
+
+
+METRIC_BATCH = 500  # samples per call of the sampler when scoring with the classifier
 
 
 def dummy_inputs(model, batch: int = 1):
@@ -97,7 +102,31 @@ class SDDiTTask(base.Task):
     }
 
   def train_iterator(self, process_index: int, process_count: int):
-    return pipeline.make_train_iterator(self.config, process_index, process_count)
+    scale = self.latent_scale() if self.config.data.name == 'latents' else None
+    return pipeline.make_train_iterator(self.config, process_index, process_count, scale)
+
+  # ------------------------------------------------------------------ the VAE of latent models
+
+  def vae_path(self) -> str:
+    """The VAE that made the latents and decodes the samples ('' for pixel models)."""
+    return self.config.sample.vae or self.config.data.vae_path
+
+  def latent_scale(self) -> float:
+    """data.latent_scale, or with 0 the scaling_factor in the config.json of the VAE."""
+    return self.config.data.latent_scale or float(
+        weights.vae_config(self.vae_path())['scaling_factor'])
+
+  @functools.cached_property
+  def _vae(self):
+    return self.sampling_vae()
+
+  def decoder(self):
+    """jitted scaled latents -> images in [-1, 1], or None for pixel models."""
+    vae, vae_params = self._vae
+    if vae is None:
+      return None
+    decode = jax.jit(lambda p, z: decode_latents(vae, p, z))
+    return lambda latents: decode(vae_params, latents)
 
   # ------------------------------------------------------------------ previews, evaluation
 
@@ -105,27 +134,32 @@ class SDDiTTask(base.Task):
     return jax.jit(sddit_sampler.make_sample_fn(model, self.config))
 
   def preview(self, preview_fn, params):
-    """The class-conditional grid: `sample.per_class` rows, one column per shown class."""
-    if not is_pixel_space(self.config.model.in_channels):
-      logging.info('sample grid skipped: latents need a VAE decoder to be shown')
+    """The class-conditional grid: `sample.per_class` rows, one column per shown class;
+    a latent model's samples are decoded by its VAE."""
+    if not is_pixel_space(self.config.model.in_channels) and not self.vae_path():
+      logging.info('sample grid skipped: latents need a VAE decoder to be shown (sample.vae)')
       return None
     rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
-    return sddit_sampler.sample_grid(preview_fn, params, self.config, rng)
+    return sddit_sampler.sample_grid(preview_fn, params, self.config, rng, self.decoder())
 
   def final_eval(self, preview_fn, params) -> dict:
-    """fd_digits and sample_class_acc of class-balanced samples (see eval/digits_metric.py)."""
+    """The image set's classifier scores (fd_digits or fd_fmnist, and sample_class_acc) of
+    eval.metric_samples class-balanced samples (eval/classifier_metric.py)."""
     config, m = self.config, self.config.model
-    n = config.eval.digits_samples
-    if config.data.name != 'digits' or not n:
+    n = config.eval.metric_samples
+    metric = image_set_metrics.metric_for(config, self.workdir) if n else None
+    if metric is None:
       return {}
     labels = jnp.arange(n, dtype=jnp.int32) % m.num_classes
     noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
                               (n, m.input_size, m.input_size, m.in_channels))
-    samples = jax.device_get(preview_fn(params, noise, labels))
-    metric = DigitsMetric.create(cache_dir=os.path.join(self.workdir, 'digits_classifier'),
-                                 seed=0, size=config.data.image_size)
-    scores = metric.evaluate(samples, jax.device_get(labels))
-    logging.info('digits metric on %d samples: %s', n, scores)
+    decode = self.decoder()
+    samples = []
+    for i in range(0, n, METRIC_BATCH):  # bounded memory for thousands of samples
+      batch = preview_fn(params, noise[i:i + METRIC_BATCH], labels[i:i + METRIC_BATCH])
+      samples.append(jax.device_get(batch if decode is None else decode(batch)))
+    scores = metric.evaluate(np.concatenate(samples), jax.device_get(labels))
+    logging.info('classifier metric on %d samples: %s', n, scores)
     return scores
 
   def eval_hooks(self, model, mesh) -> list:
@@ -136,7 +170,7 @@ class SDDiTTask(base.Task):
     extractor = fid.InceptionExtractor.from_file(ev.inception_weights, batch_size=ev.batch_size,
                                                  keys=('pool',))
     reference = fid.read_reference(ev.reference_npz, extractor, ev.batch_size)
-    vae, vae_params = self.sampling_vae()
+    vae, vae_params = self._vae
     sampler, sharding = sample_npz.make_batch_sampler(model, self.config, mesh, vae)
     return [FIDDuringTraining(sampler, sharding, vae_params, extractor, reference,
                               every=ev.fid_every, num_samples=ev.fid_samples,
@@ -149,16 +183,16 @@ class SDDiTTask(base.Task):
     config = self.config
     if is_pixel_space(config.model.in_channels):
       return None, None
-    vae, vae_params = weights.load_vae(config.sample.vae)
-    if abs(vae.scaling_factor - config.data.latent_scale) > 1e-6:
-      raise ValueError(f'the VAE at {config.sample.vae} scales latents by {vae.scaling_factor}, '
+    vae, vae_params = weights.load_vae(self.vae_path())
+    if abs(vae.scaling_factor - self.latent_scale()) > 1e-6:
+      raise ValueError(f'the VAE at {self.vae_path()} scales latents by {vae.scaling_factor}, '
                        f'the data by data.latent_scale={config.data.latent_scale}')
     return vae, vae_params
 
   def write_samples(self, model, mesh, state) -> str:
     """`sample.num_samples` class-conditional samples of the EMA params, ADM's .npz format."""
     config = self.config
-    vae, vae_params = self.sampling_vae()
+    vae, vae_params = self._vae
     return sample_npz.write_samples_npz(
         model, config, mesh, state.ema_params, sample_npz.default_output(config, self.workdir),
         num_samples=config.sample.num_samples, batch_size=config.sample.batch_size, vae=vae,
@@ -168,28 +202,58 @@ class SDDiTTask(base.Task):
                         'method': config.method})
 
   def evaluate(self, model, mesh, latest_state) -> dict:
-    """FID, sFID, IS, precision and recall of the samples file against the reference, with
-    the settings the samples were made with, to eval.json's 'images' section. Reads no
-    checkpoint: the file holds the samples."""
+    """Scores of the samples file, with the settings it was made with, to eval.json: FID,
+    sFID, IS, precision and recall against eval.reference_npz ('images'), and the image
+    set's classifier scores where it has one ('classifier': fd_digits or fd_fmnist, and
+    sample_class_acc). Reads no checkpoint: the file holds the samples."""
     del model, mesh, latest_state
     ev = self.config.eval
     npz_path = ev.samples_npz or sample_npz.default_output(self.config, self.workdir)
+    record = {}
+    if ev.reference_npz:
+      record['images'] = self._adm_scores(npz_path)
+    if image_set_metrics.image_set(self.config):
+      record['classifier'] = self._classifier_scores(npz_path)
+    return record
+
+  def _provenance(self, npz_path: str, t0: float) -> dict:
+    return {'samples': {'file': os.path.abspath(npz_path), 'sha256': file_sha256(npz_path)},
+            'sampler': sample_npz.recorded_settings(self.config, npz_path),
+            'seconds': round(time.perf_counter() - t0, 1)}
+
+  def _write(self, section: str, record: dict):
+    if jax.process_index() == 0:
+      path = update_eval_json(self.workdir, section, record)
+      logging.info('eval: %s -> %s', {k: round(v, 4) for k, v in record['metrics'].items()},
+                   path)
+
+  def _adm_scores(self, npz_path: str) -> dict:
+    ev = self.config.eval
     extractor = fid.InceptionExtractor.from_file(ev.inception_weights, batch_size=ev.batch_size)
     t0 = time.perf_counter()
     metrics = fid.evaluate_files(npz_path, ev.reference_npz, extractor, batch_size=ev.batch_size)
     record = {
         'metrics': metrics,
-        'samples': {'file': os.path.abspath(npz_path), 'sha256': file_sha256(npz_path),
-                    'num_samples': int(metrics['num_samples'])},
-        'sampler': sample_npz.recorded_settings(self.config, npz_path),
         'reference': {'file': os.path.abspath(ev.reference_npz),
                       'num_reference': metrics.get('num_reference')},
         'inception_weights': {'file': os.path.abspath(ev.inception_weights)
                               if ev.inception_weights else None},
         'protocol': 'ADM evaluator (docs/evaluation.md)',
-        'seconds': round(time.perf_counter() - t0, 1),
+        **self._provenance(npz_path, t0),
     }
-    if jax.process_index() == 0:
-      path = update_eval_json(self.workdir, 'images', record)
-      logging.info('eval: %s -> %s', {k: round(v, 4) for k, v in metrics.items()}, path)
+    record['samples']['num_samples'] = int(metrics['num_samples'])
+    self._write('images', record)
+    return record
+
+  def _classifier_scores(self, npz_path: str) -> dict:
+    t0 = time.perf_counter()
+    metric = image_set_metrics.metric_for(self.config, self.workdir)
+    with np.load(npz_path) as npz:
+      images, labels = npz['arr_0'], npz['arr_1']
+    metrics = metric.evaluate(image_set_metrics.from_uint8(images), labels)
+    record = {'metrics': metrics, 'classifier_test_acc': metric.test_accuracy,
+              'protocol': f'{image_set_metrics.image_set(self.config)} classifier '
+                          '(eval/classifier_metric.py)', **self._provenance(npz_path, t0)}
+    record['samples']['num_samples'] = int(len(images))
+    self._write('classifier', record)
     return record
