@@ -1,5 +1,8 @@
 # make demo   train the CPU demo (creates .venv on first use) and print where its grid is
 # make demo-diffdis  train the DiffDis CPU demo and print its zero-shot accuracy
+# make fmnist the ImageNet recipe in miniature on Fashion-MNIST: a VAE, its latents, a latent
+#             SD-DiT, samples and their scores, in workdirs/fmnist/ (each stage resumes or is
+#             skipped when done)
 # make test   check the import layers (.importlinter), then run the test suite on 8 virtual
 #             CPU devices (creates .venv on first use)
 # make bench  run the CPU benchmarks
@@ -9,8 +12,15 @@ BIN := $(VENV)/bin
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 DEMO_DIR ?= workdirs/demo
 DEMO_DIFFDIS_DIR ?= workdirs/demo_diffdis
+FMNIST_DATA ?= /usr/share/datasets/fashion-mnist
+FMNIST_DIR ?= workdirs/fmnist
+MAIN := XLA_FLAGS= $(BIN)/python launch/main.py
+FMNIST_PATHS := --config.data.vae_path=$(FMNIST_DIR)/vae/diffusers \
+	--config.sample.vae=$(FMNIST_DIR)/vae/diffusers --config.data.dir=$(FMNIST_DIR)/latents \
+	--config.data.extract.source_dir=$(FMNIST_DATA) \
+	--config.eval.classifier_dir=$(FMNIST_DIR)/classifier
 
-.PHONY: demo demo-diffdis test bench clean
+.PHONY: demo demo-diffdis fmnist fmnist-data test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +43,36 @@ demo-diffdis: $(VENV)/.base
 	@grep zeroshot_top1 $(DEMO_DIFFDIS_DIR)/metrics.jsonl | tail -n 1
 	@echo "text-to-image grid: $$(ls -1 $(DEMO_DIFFDIS_DIR)/samples/*.png | tail -n 1)"
 
-test: $(VENV)/.test
+# Fashion-MNIST's four IDX files, from Debian's package when they are not there yet
+fmnist-data:
+	@if [ ! -f $(FMNIST_DATA)/t10k-labels-idx1-ubyte.gz ]; then \
+	  if [ "$(FMNIST_DATA)" != /usr/share/datasets/fashion-mnist ]; then \
+	    echo "error: no Fashion-MNIST in FMNIST_DATA=$(FMNIST_DATA); put its four .gz files there"; exit 2; \
+	  elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	      (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	  else \
+	    echo "error: Fashion-MNIST is not installed; run: sudo apt-get install dataset-fashion-mnist"; exit 2; \
+	  fi; \
+	fi
+
+fmnist: $(VENV)/.base fmnist-data
+	@[ -f $(FMNIST_DIR)/vae/diffusers/config.json ] || $(MAIN) --config=configs/fmnist_vae.py \
+	  --workdir=$(FMNIST_DIR)/vae --config.data.dir=$(FMNIST_DATA) \
+	  --config.eval.classifier_dir=$(FMNIST_DIR)/classifier
+	@[ -f $(FMNIST_DIR)/latents/dataset_info.json ] || $(MAIN) --mode=extract_latents \
+	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/latents $(FMNIST_PATHS)
+	@grep -q fd_fmnist $(FMNIST_DIR)/sddit/metrics.jsonl 2>/dev/null || $(MAIN) \
+	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
+	@[ -f $(FMNIST_DIR)/sddit/samples.npz ] || $(MAIN) --mode=sample \
+	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
+	@$(MAIN) --mode=eval --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
+	@echo "VAE: $$(grep test_psnr $(FMNIST_DIR)/vae/metrics.jsonl | tail -n 1)"
+	@echo "SD-DiT: $$(grep fd_fmnist $(FMNIST_DIR)/sddit/metrics.jsonl | tail -n 1)"
+	@echo "samples.npz scores: $(FMNIST_DIR)/sddit/eval.json"
+	@echo "sample grid: $$(ls -1 $(FMNIST_DIR)/sddit/samples/*.png | tail -n 1)"
+
+test: $(VENV)/.test fmnist-data
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
