@@ -10,6 +10,7 @@ import safetensors.numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = '--config=configs/demo.py'
+VAE = '--config=configs/fmnist_vae.py'
 
 # (arguments, words the one line must contain)
 BAD_INPUTS = [
@@ -48,6 +49,14 @@ BAD_INPUTS = [
     ([DEMO, '--workdir={files}/a_file'], 'is a file, not a directory'),
     ([DEMO, '--workdir={files}/a_file/run'], 'cannot be created'),
     ([DEMO, '--num_processes=two'], 'num_processes'),
+    ([VAE, '--config.data.dir={files}'], 'Fashion-MNIST not found'),
+    ([VAE, '--config.autoencoder.reconstruction=l3'], 'autoencoder.reconstruction'),
+    ([VAE, '--config.autoencoder.kl_weight=-1.0'], 'autoencoder.kl_weight must be >= 0'),
+    ([VAE, '--config.data.image_size=30'], 'a multiple of 4'),
+    (['--config=configs/fmnist_sddit.py', '--mode=extract_latents',
+      '--config.data.vae_path=/no/such/vae'], 'data.vae_path'),
+    (['--config=configs/fmnist_sddit.py', '--config.data.dir={files}'],
+     'holds no dataset_info.json'),
 ]
 
 
