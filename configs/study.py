@@ -8,7 +8,7 @@ diffdis_jax/study/spec.py the order in which a run's config is built.
 """
 from __future__ import annotations
 
-from configs import demo, demo_diffdis
+from configs import demo, demo_diffdis, fmnist_sddit
 from diffdis_jax.study.spec import Scale, Study, Variant
 
 SCALES = ('cpu', 'gpu')
@@ -17,6 +17,19 @@ SCALES = ('cpu', 'gpu')
 # The DiT and MaskDiT baselines are the configurations of README.md and docs/paper_notes.md
 # ("Baselines as configurations"); the rest are SD-DiT with one choice the paper notes leave
 # open changed from its default.
+def dit_equal_size(get_config) -> Variant:
+  """DiT with SD-DiT's block count: the decoder's blocks added to the encoder's depth, so
+  that the two generators have (nearly) the same parameters; SD-DiT's projection head is
+  training-only and has no counterpart."""
+  m = get_config().model
+  return Variant(
+      'dit_equal_size', f'DiT baseline with {m.depth} + {m.decoder_depth} blocks (SD-DiT\'s '
+      'encoder + decoder depth), no mask, no teacher',
+      {'model.decoder_mode': 'split', 'model.decoder_depth': 0,
+       'model.depth': m.depth + m.decoder_depth, 'sddit.dis_weight': 0.0,
+       'sddit.mask_ratio': 0.0})
+
+
 SDDIT_VARIANTS = (
     Variant('dit', 'DiT baseline: the encoder blocks alone, no decoder, no mask, no teacher',
             {'model.decoder_mode': 'split', 'model.decoder_depth': 0,
@@ -48,6 +61,12 @@ SDDIT_VARIANTS = (
             'masked decoder positions', {'model.infill': 'mask_token'}),
 )
 
+# the Fashion-MNIST latent study: the baselines at equal size and as today, and SD-DiT with
+# its defaults and the two settings that did best on the digits
+FMNIST_VARIANTS = (dit_equal_size(fmnist_sddit.get_config),) + tuple(
+    v for v in SDDIT_VARIANTS
+    if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1'))
+
 # configs/diffdis_common.py names these baselines; paper §4 compares against them
 DIFFDIS_VARIANTS = (
     Variant('diffdis', 'DiffDis with its defaults (generation + diffusion-based alignment)',
@@ -60,9 +79,12 @@ DIFFDIS_VARIANTS = (
             'loss, no diffusion of the text query', {'diffdis.align_mode': 'contrastive'}),
 )
 
+FMNIST_STUDY_STEPS = 1500
+
 STUDIES = {
     'sddit': Study(
-        'sddit', 'configs/demo.py', demo.get_config, SDDIT_VARIANTS,
+        'sddit', 'configs/demo.py', demo.get_config,
+        (dit_equal_size(demo.get_config),) + SDDIT_VARIANTS,
         scales={
             'cpu': Scale(
                 'configs/demo.py as shipped: 4+2 blocks of width 96, 16x16 digits, batch 32',
@@ -82,7 +104,30 @@ STUDIES = {
         metrics=(('fd_digits', 'lower'), ('sample_class_acc', 'higher')),
         metric_note='fd_digits (not FID: Fréchet distance in a digits classifier\'s features, '
                     'against the held-out digits) and sample_class_acc of class-balanced '
-                    'samples (eval/digits_metric.py).'),
+                    'samples (eval/digits_metric.py).',
+        reference='sddit'),
+    'sddit_fmnist': Study(
+        'sddit_fmnist', 'configs/fmnist_sddit.py', fmnist_sddit.get_config, FMNIST_VARIANTS,
+        scales={
+            'cpu': Scale(
+                'configs/fmnist_sddit.py as shipped: 6+2 blocks of width 128 on 8x8x4 VAE '
+                'latents of Fashion-MNIST (make fmnist prepares them), batch 64',
+                steps=FMNIST_STUDY_STEPS, eval_fractions=(0.5, 1.0), samples=1000,
+                overrides={}),
+            'gpu': Scale(
+                'DiT-S widths on the same latents: 12+4 blocks of width 384, batch 256',
+                steps=20_000, eval_fractions=(0.25, 0.5, 1.0), samples=10_000, overrides={
+                    'model.width': 384, 'model.depth': 12, 'model.num_heads': 6,
+                    'model.decoder_depth': 4, 'model.decoder_width': 384,
+                    'model.decoder_heads': 6, 'batch_size': 256, 'optim.lr': 3e-4,
+                    'checkpoint_every': 5000, 'sample_every': 5000, 'sample.steps': 40}),
+        },
+        metrics=(('fd_fmnist', 'lower'), ('sample_class_acc', 'higher')),
+        metric_note='fd_fmnist (Fréchet distance in the features of the project\'s '
+                    'Fashion-MNIST classifier, against the 10,000 test images; not FID) and '
+                    'sample_class_acc of class-balanced samples decoded by the VAE '
+                    '(eval/fashion_mnist_metric.py).',
+        reference='sddit'),
     'diffdis': Study(
         'diffdis', 'configs/demo_diffdis.py', demo_diffdis.get_config, DIFFDIS_VARIANTS,
         scales={

@@ -178,7 +178,7 @@ def test_every_variant_traces_its_train_step(study, tmp_path):
 
 def test_gpu_scale_configs_pass_every_check(tmp_path):
   """No GPU here: the larger configs are at least checked as a real run would check them."""
-  for study, count in (('sddit', 13), ('diffdis', 4)):
+  for study, count in (('sddit', 14), ('diffdis', 4)):
     proc = _run([f'--study={study}', f'--out={tmp_path / "gpu"}', '--scale=gpu', '--dry_run'])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('/seed2 -> ') == count, proc.stdout
@@ -229,3 +229,25 @@ def test_summary_is_mean_and_sample_std_over_seeds():
   stats = report.summarise([4.0, None, report.ABSENT])
   assert stats['mean'] == 4.0 and stats['std'] is None
   assert (stats['n'], stats['not_finite'], stats['absent']) == (1, 1, 1)
+
+
+def test_paired_differences_pair_each_seed_with_the_reference_seed():
+  """Seed k of a variant is compared with seed k of the reference, and 'better' follows each
+  metric's direction."""
+  def variant(per_seed):
+    return {'per_seed': {str(k): {'10': scores} for k, scores in per_seed.items()},
+            'summary': {'10': {}}}
+  variants = {
+      'ref': variant({0: {'fd': 10.0, 'acc': 0.5}, 1: {'fd': 20.0, 'acc': 0.7},
+                      2: {'fd': 30.0, 'acc': 0.9}}),
+      # better fd on every seed by 1, 2 and 3; acc worse on seeds 0 and 1, equal on 2;
+      # seed 3 has no reference seed and must not count
+      'other': variant({0: {'fd': 9.0, 'acc': 0.4}, 1: {'fd': 18.0, 'acc': 0.6},
+                        2: {'fd': 27.0, 'acc': 0.9}, 3: {'fd': 0.0, 'acc': 1.0}}),
+  }
+  paired = report.paired_differences(variants, 'ref', (('fd', 'lower'), ('acc', 'higher')))
+  assert set(paired) == {'other'}
+  fd, acc = paired['other']['10']['fd'], paired['other']['10']['acc']
+  assert (fd['mean'], fd['std'], fd['seeds'], fd['better']) == (-2.0, 1.0, 3, 3)
+  assert acc['mean'] == pytest.approx(-0.2 / 3) and acc['better'] == 0
+  assert report.paired_differences(variants, '', (('fd', 'lower'),)) == {}

@@ -4,6 +4,10 @@ Every finished run found under the folder counts, not only those of the latest i
 a study grown over several commands (more variants, more seeds) is reported whole. The
 standard deviation is the sample one (n - 1) over seeds; with fewer than two seeds it is null
 and the table shows the single value with "(n=1)".
+
+With a reference variant (`Study.reference`), each other variant is also compared with it seed
+by seed: the seed moves every variant of a study together (same data order, same noise), so
+the mean and std of the per-seed differences say more than two overlapping mean ± std.
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
     }
   return {
       'study': study.name,
+      'reference': study.reference or None,
+      'paired': paired_differences(variants, study.reference, study.metrics),
       'base_config': study.base_config,
       'scale': {'name': saved_settings['scale'], 'what': scale.what},
       'settings': saved_settings,
@@ -72,6 +78,29 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'variants': variants,
   }
+
+
+def paired_differences(variants: dict, reference: str, metrics: tuple) -> dict:
+  """{variant: {step: {metric: summary of (variant - reference) over the shared seeds, and
+  'better': how many of those seeds favour the variant}}}; {} without a reference."""
+  if not reference or reference not in variants:
+    return {}
+  ref = variants[reference]['per_seed']
+  out = {}
+  for name, v in variants.items():
+    if name == reference:
+      continue
+    seeds = [k for k in v['per_seed'] if k in ref]
+    out[name] = {}
+    for step in v['summary']:
+      out[name][step] = {}
+      for m, direction in metrics:
+        pairs = [(v['per_seed'][k].get(step, {}).get(m), ref[k].get(step, {}).get(m))
+                 for k in seeds]
+        diffs = [a - b for a, b in pairs if a is not None and b is not None]
+        better = sum((d < 0) if direction == 'lower' else (d > 0) for d in diffs)
+        out[name][step][m] = dict(summarise(diffs), seeds=len(diffs), better=better)
+  return out
 
 
 def _cell(stats: dict) -> str:
@@ -107,7 +136,37 @@ def table_markdown(results: dict) -> str:
         f'{sum(walls) / len(walls):.0f}']
     lines.append('| ' + ' | '.join(row) + ' |')
   lines += [''] + [f'- `{name}`: {v["what"]}' for name, v in results['variants'].items()]
+  lines += _paired_table(results, steps)
   return '\n'.join(lines) + '\n'
+
+
+def _signed(stats: dict) -> str:
+  if stats['mean'] is None:
+    return 'n/a'
+  digits = 3 if abs(stats['mean']) < 1.5 else 1
+  text = f'{stats["mean"]:+.{digits}f}'
+  return text + (f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ' (n=1)')
+
+
+def _paired_table(results: dict, steps) -> list[str]:
+  paired = results.get('paired') or {}
+  if not paired:
+    return []
+  reference = results['reference']
+  step = steps[-1]
+  arrows = {'lower': '↓', 'higher': '↑'}
+  head = ['variant − reference'] + [f'{m} {arrows[d]}' for m, d in results['metrics'].items()]
+  lines = ['', f'## Paired by seed against `{reference}` at step {step}', '',
+           'Mean ± std over seeds of (variant − reference), each seed against the same seed; '
+           'in brackets, the seeds on which the variant is better.', '',
+           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for name, by_step in paired.items():
+    cells = []
+    for m in results['metrics']:
+      stats = by_step[step][m]
+      cells.append(f'{_signed(stats)} [{stats["better"]}/{stats["seeds"]}]')
+    lines.append('| ' + ' | '.join([f'`{name}` − `{reference}`'] + cells) + ' |')
+  return lines
 
 
 def write_report(study: Study, study_dir: str, saved_settings: dict, command: str) -> dict:

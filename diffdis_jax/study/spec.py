@@ -45,6 +45,7 @@ class Study:
   scales: dict                      # scale name -> Scale
   metrics: tuple                    # (metric, 'lower' | 'higher': which is better)
   metric_note: str                  # what the metrics are, for the table
+  reference: str = ''               # variant the others are compared with seed by seed
 
   def variant(self, name: str) -> Variant:
     for v in self.variants:
