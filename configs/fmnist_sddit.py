@@ -36,10 +36,10 @@ def get_config():
   m.head = dict(hidden=512, bottleneck=128, out_dim=1024, num_layers=3)
 
   config.batch_size = 64
-  config.total_steps = 3000
+  config.total_steps = 1800
   config.log_every = 100
-  config.checkpoint_every = 1000
-  config.sample_every = 1000
+  config.checkpoint_every = 600
+  config.sample_every = 600
   config.ema_decay = 0.999
   config.optim.lr = 5e-4
   config.optim.warmup_steps = 200
@@ -48,7 +48,7 @@ def get_config():
   config.sample.vae = config.data.vae_path
   config.sample.steps = 18
   config.sample.per_class = 6
-  config.sample.num_samples = 2000   # --mode=sample: scored by --mode=eval with the classifier
+  config.sample.num_samples = 1000   # --mode=sample: scored by --mode=eval with the classifier
   config.sample.batch_size = 500
   config.sample.labels = 'balanced'
   config.eval.metric_samples = 1000  # fd_fmnist and sample_class_acc at the end of training
