@@ -1,6 +1,6 @@
 """The files of latent extraction: ImageNet (or any TFDS image classification set, or
-Fashion-MNIST's IDX files) read in ranges, and VAE latents written as a TFDS ArrayRecord set. The encoding itself, which needs
-the VAE, is the run mode's (modes/extract_latents.py):
+Fashion-MNIST's IDX files) read in ranges, and VAE latents written as a TFDS ArrayRecord set.
+The encoding itself, which needs the VAE, is the run mode's (modes/extract_latents.py):
 
     python launch/main.py --mode=extract_latents --config=configs/sddit_xl.py --workdir=DIR \
         --config.data.vae_path=/models/sd-vae-ft-ema \

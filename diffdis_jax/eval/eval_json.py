@@ -1,7 +1,9 @@
 """<workdir>/eval.json: one section per kind of evaluation, each rewritten on its own.
 
-`--mode=eval` writes 'images' (FID and friends of a samples file) for SD-DiT, and 'zeroshot'
-and 'retrieval' for DiffDis; a section is replaced whole, the others are kept.
+`--mode=eval` writes 'images' (FID and friends of a samples file against an ADM reference) and
+'classifier' (fd_digits or fd_fmnist and sample_class_acc, for image sets with their own
+classifier) for SD-DiT, and 'zeroshot' and 'retrieval' for DiffDis; a section is replaced
+whole, the others are kept.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ def to_grid(images, cols: int, pad: int = 1) -> np.ndarray:
   grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
   for i in range(n):
     r, q = divmod(i, cols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = pixels[i]
+    top, left = pad + r * (h + pad), pad + q * (w + pad)
+    grid[top:top + h, left:left + w] = pixels[i]
   return grid
 
 

@@ -112,7 +112,8 @@ class CaptionedDigits(Source):
                               (num_samples, m.input_size, m.input_size, m.in_channels))
     samples = jax.device_get(preview_fn(params, noise, jnp.asarray(class_context[labels]),
                                         jnp.asarray(self.task.null_context)))
-    cache = os.path.join(self.task.workdir, 'digits_classifier') if self.task.workdir else None
+    cache = config.eval.get('classifier_dir') or (
+        os.path.join(self.task.workdir, 'digits_classifier') if self.task.workdir else None)
     metric = DigitsMetric.create(cache_dir=cache, seed=0, size=config.data.image_size)
     return metric.evaluate(samples, labels)
 

@@ -15,7 +15,7 @@ from diffdis_jax.data import fashion_mnist
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
 from diffdis_jax.diffusion.samplers import SOLVERS
-from diffdis_jax.eval.image_set_metrics import image_set
+from diffdis_jax.eval.image_set_metrics import image_set, images_dir
 from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
 from diffdis_jax.nn.dit import DECODER_MODES, INFILLS, parse_dit_name
 from diffdis_jax.objectives.sddit import GEN_LOSS_TOKENS
@@ -95,6 +95,8 @@ def check_latent_vae(config):
     check(image_set(config) is not None,
           f'eval.metric_samples={config.eval.metric_samples}: there is no classifier for '
           f'{config.data.extract.source} latents; pass --config.eval.metric_samples=0')
+    if image_set(config) == 'fashion_mnist':  # the classifier's reference images
+      fashion_mnist.check_dir(images_dir(config))
 
 
 def check_latent_set(config):
@@ -200,6 +202,8 @@ def check_mode(config, mode: str, workdir: str, num_devices):
           f'{s.batch_size}')
   # an image set with its own classifier is scored without Inception unless a reference is set
   inception_eval = mode == 'eval' and (ev.reference_npz or image_set(config) is None)
+  if mode == 'eval' and image_set(config) == 'fashion_mnist':
+    fashion_mnist.check_dir(images_dir(config))
   if inception_eval or fid_in_training:
     existing_file(ev.inception_weights, 'eval.inception_weights', weights_hint)
     existing_file(ev.reference_npz, 'eval.reference_npz', ref_hint)

@@ -120,13 +120,15 @@ class SDDiTTask(base.Task):
   def _vae(self):
     return self.sampling_vae()
 
+  @functools.cached_property
   def decoder(self):
-    """jitted scaled latents -> images in [-1, 1], or None for pixel models."""
+    """jitted scaled latents -> images in [-1, 1] (compiled once per shape), or None for
+    pixel models."""
     vae, vae_params = self._vae
     if vae is None:
       return None
     decode = jax.jit(lambda p, z: decode_latents(vae, p, z))
-    return lambda latents: decode(vae_params, latents)
+    return functools.partial(decode, vae_params)
 
   # ------------------------------------------------------------------ previews, evaluation
 
@@ -140,7 +142,7 @@ class SDDiTTask(base.Task):
       logging.info('sample grid skipped: latents need a VAE decoder to be shown (sample.vae)')
       return None
     rng = jax.random.PRNGKey(self.config.seed + 1)  # the same noise at every step
-    return sddit_sampler.sample_grid(preview_fn, params, self.config, rng, self.decoder())
+    return sddit_sampler.sample_grid(preview_fn, params, self.config, rng, self.decoder)
 
   def final_eval(self, preview_fn, params) -> dict:
     """The image set's classifier scores (fd_digits or fd_fmnist, and sample_class_acc) of
@@ -153,7 +155,7 @@ class SDDiTTask(base.Task):
     labels = jnp.arange(n, dtype=jnp.int32) % m.num_classes
     noise = jax.random.normal(jax.random.PRNGKey(config.seed + 2),
                               (n, m.input_size, m.input_size, m.in_channels))
-    decode = self.decoder()
+    decode = self.decoder
     samples = []
     for i in range(0, n, METRIC_BATCH):  # bounded memory for thousands of samples
       batch = preview_fn(params, noise[i:i + METRIC_BATCH], labels[i:i + METRIC_BATCH])
