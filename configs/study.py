@@ -17,17 +17,15 @@ SCALES = ('cpu', 'gpu')
 # The DiT and MaskDiT baselines are the configurations of README.md and docs/paper_notes.md
 # ("Baselines as configurations"); the rest are SD-DiT with one choice the paper notes leave
 # open changed from its default.
-def dit_equal_size(get_config) -> Variant:
-  """DiT with SD-DiT's block count: the decoder's blocks added to the encoder's depth, so
-  that the two generators have (nearly) the same parameters; SD-DiT's projection head is
-  training-only and has no counterpart."""
-  m = get_config().model
-  return Variant(
-      'dit_equal_size', f'DiT baseline with {m.depth} + {m.decoder_depth} blocks (SD-DiT\'s '
-      'encoder + decoder depth), no mask, no teacher',
-      {'model.decoder_mode': 'split', 'model.decoder_depth': 0,
-       'model.depth': m.depth + m.decoder_depth, 'sddit.dis_weight': 0.0,
-       'sddit.mask_ratio': 0.0})
+# DiT with SD-DiT's block count: the decoder's blocks added to the encoder's depth (of the
+# scale's config), so that the two generators have nearly the same parameters; SD-DiT's
+# projection head is training-only and has no counterpart
+DIT_EQUAL_SIZE = Variant(
+    'dit_equal_size', 'DiT baseline as deep as SD-DiT\'s encoder and decoder together, no '
+    'mask, no teacher',
+    {'model.decoder_mode': 'split', 'model.decoder_depth': 0, 'sddit.dis_weight': 0.0,
+     'sddit.mask_ratio': 0.0},
+    derived=lambda config: {'model.depth': config.model.depth + config.model.decoder_depth})
 
 
 SDDIT_VARIANTS = (
@@ -63,7 +61,7 @@ SDDIT_VARIANTS = (
 
 # the Fashion-MNIST latent study: the baselines at equal size and as today, and SD-DiT with
 # its defaults and the two settings that did best on the digits
-FMNIST_VARIANTS = (dit_equal_size(fmnist_sddit.get_config),) + tuple(
+FMNIST_VARIANTS = (DIT_EQUAL_SIZE,) + tuple(
     v for v in SDDIT_VARIANTS
     if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1'))
 
@@ -79,13 +77,18 @@ DIFFDIS_VARIANTS = (
             'loss, no diffusion of the text query', {'diffdis.align_mode': 'contrastive'}),
 )
 
-# a run of the CPU scale takes 3 to 6 minutes on a 2-core CPU: 18 runs fit in 90 minutes
-FMNIST_STUDY_STEPS = 500
+# the CPU scale: the digits demo's model on the Fashion-MNIST latents (a step about a quarter
+# of configs/fmnist_sddit.py's), so that 18 runs fit in about 80 minutes on a 2-core CPU
+FMNIST_STUDY_STEPS = 1500
+FMNIST_CPU = {'model.width': 96, 'model.num_heads': 4, 'model.depth': 4,
+              'model.decoder_depth': 2, 'model.decoder_width': 96, 'model.decoder_heads': 4,
+              'model.head': dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3),
+              'batch_size': 32, 'optim.lr': 1e-3, 'optim.warmup_steps': 100,
+              'checkpoint_every': 750, 'sample_every': 750}
 
 STUDIES = {
     'sddit': Study(
-        'sddit', 'configs/demo.py', demo.get_config,
-        (dit_equal_size(demo.get_config),) + SDDIT_VARIANTS,
+        'sddit', 'configs/demo.py', demo.get_config, (DIT_EQUAL_SIZE,) + SDDIT_VARIANTS,
         scales={
             'cpu': Scale(
                 'configs/demo.py as shipped: 4+2 blocks of width 96, 16x16 digits, batch 32',
@@ -111,10 +114,10 @@ STUDIES = {
         'sddit_fmnist', 'configs/fmnist_sddit.py', fmnist_sddit.get_config, FMNIST_VARIANTS,
         scales={
             'cpu': Scale(
-                'configs/fmnist_sddit.py as shipped: 6+2 blocks of width 128 on 8x8x4 VAE '
-                'latents of Fashion-MNIST (make fmnist prepares them), batch 64',
+                'the digits demo\'s model (4+2 blocks of width 96, patch 1) on the 8x8x4 VAE '
+                'latents of Fashion-MNIST (make fmnist prepares them), batch 32',
                 steps=FMNIST_STUDY_STEPS, eval_fractions=(0.5, 1.0), samples=500,
-                overrides={}),
+                overrides=FMNIST_CPU),
             'gpu': Scale(
                 'DiT-S widths on the same latents: 12+4 blocks of width 384, batch 256',
                 steps=20_000, eval_fractions=(0.25, 0.5, 1.0), samples=10_000, overrides={

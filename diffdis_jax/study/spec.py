@@ -13,7 +13,7 @@ what makes a variant what it is.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 
 class OverrideError(ValueError):
@@ -25,6 +25,9 @@ class Variant:
   name: str
   what: str        # one line: what this variant is
   overrides: dict  # dotted config field -> value
+  # config -> more overrides, read from the config before `overrides` apply: for a field that
+  # depends on the scale, e.g. a DiT as deep as SD-DiT's encoder and decoder together
+  derived: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +64,10 @@ class Study:
     config.total_steps = steps
     apply_overrides(config, extra, '--set')
     config.eval.metric_samples = samples
-    apply_overrides(config, self.variant(variant_name).overrides, f'variant {variant_name}')
+    variant = self.variant(variant_name)
+    derived = variant.derived(config) if variant.derived else {}
+    apply_overrides(config, variant.overrides, f'variant {variant_name}')
+    apply_overrides(config, derived, f'variant {variant_name}')
     config.seed = seed
     return config
 
