@@ -62,14 +62,15 @@ fmnist: $(VENV)/.base fmnist-data
 	  --config.eval.classifier_dir=$(FMNIST_DIR)/classifier
 	@[ -f $(FMNIST_DIR)/latents/dataset_info.json ] || $(MAIN) --mode=extract_latents \
 	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/latents $(FMNIST_PATHS)
-	@grep -q fd_fmnist $(FMNIST_DIR)/sddit/metrics.jsonl 2>/dev/null || $(MAIN) \
-	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
+	@# trained, then scored once: from samples.npz (the end-of-training score would repeat it)
+	@[ -f $(FMNIST_DIR)/sddit/samples.npz ] || $(MAIN) --config=configs/fmnist_sddit.py \
+	  --workdir=$(FMNIST_DIR)/sddit --config.eval.metric_samples=0 $(FMNIST_PATHS)
 	@[ -f $(FMNIST_DIR)/sddit/samples.npz ] || $(MAIN) --mode=sample \
 	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
 	@$(MAIN) --mode=eval --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/sddit $(FMNIST_PATHS)
 	@echo "VAE: $$(grep test_psnr $(FMNIST_DIR)/vae/metrics.jsonl | tail -n 1)"
-	@echo "SD-DiT: $$(grep fd_fmnist $(FMNIST_DIR)/sddit/metrics.jsonl | tail -n 1)"
-	@echo "samples.npz scores: $(FMNIST_DIR)/sddit/eval.json"
+	@echo "SD-DiT samples: $$(tr -d '\n ' < $(FMNIST_DIR)/sddit/eval.json | grep -o '"metrics":{[^}]*}' | tail -n 1)"
+	@echo "scores and settings: $(FMNIST_DIR)/sddit/eval.json"
 	@echo "sample grid: $$(ls -1 $(FMNIST_DIR)/sddit/samples/*.png | tail -n 1)"
 
 test: $(VENV)/.test fmnist-data
