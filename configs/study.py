@@ -78,13 +78,13 @@ DIFFDIS_VARIANTS = (
 )
 
 # the CPU scale: the digits demo's model on the Fashion-MNIST latents (a step about a quarter
-# of configs/fmnist_sddit.py's), so that 18 runs fit in about 80 minutes on a 2-core CPU
-FMNIST_STUDY_STEPS = 1500
+# of configs/fmnist_sddit.py's), so that 18 runs fit in about 85 minutes on a 2-core CPU
+FMNIST_STUDY_STEPS = 1000
 FMNIST_CPU = {'model.width': 96, 'model.num_heads': 4, 'model.depth': 4,
               'model.decoder_depth': 2, 'model.decoder_width': 96, 'model.decoder_heads': 4,
               'model.head': dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3),
               'batch_size': 32, 'optim.lr': 1e-3, 'optim.warmup_steps': 100,
-              'checkpoint_every': 750, 'sample_every': 750}
+              'checkpoint_every': 500, 'sample_every': 500}
 
 STUDIES = {
     'sddit': Study(
