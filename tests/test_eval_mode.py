@@ -93,7 +93,9 @@ def _config(root, weights, **overrides):
 
 def test_eval_mode_writes_every_metric_and_setting(files, tmp_path, monkeypatch):
   root, weights, extractor = files
-  config = _config(root, weights)
+  # the samples' side: digits have a classifier, which scores them beside Inception
+  sixteen = {'data.image_size': 16, 'model.input_size': 16}
+  config = _config(root, weights, **sixteen)
   workdir = str(tmp_path / 'run')
   update_eval_json(workdir, 'zeroshot', {'cifar10': {'zeroshot_top1': 0.5}})
   loaded = []
@@ -116,10 +118,16 @@ def test_eval_mode_writes_every_metric_and_setting(files, tmp_path, monkeypatch)
       (root / 'samples.npz').read_bytes()).hexdigest()
   assert record['reference']['file'] == str(root / 'ref.npz')
   assert record['inception_weights']['file'] == weights
+  classifier = saved['classifier']
+  assert set(classifier['metrics']) == {'fd_digits', 'sample_class_acc'}
+  assert classifier['samples']['num_samples'] == 32
+  assert classifier['samples']['sha256'] == record['samples']['sha256']
 
   # the reference against itself: FID about 0 and recall 1
-  same = run('eval', _config(root, weights, **{'eval.samples_npz': str(root / 'ref.npz')}),
-             workdir)
+  same = run('eval', _config(root, weights, **{'eval.samples_npz': str(root / 'ref.npz'),
+                                              **sixteen}), workdir)
+  assert set(same['classifier']['metrics']) == {'fd_digits'}  # a file without labels
+  same = same['images']
   assert abs(same['metrics']['fid']) < 1e-6 * metrics['fid'] and same['metrics']['recall'] == 1
   assert same['sampler']['source'].startswith('config')  # no sidecar for that file
 
@@ -161,8 +169,13 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
 ])
 def test_missing_eval_inputs_are_named(files, tmp_path, overrides, message):
   root, weights, _ = files
-  with pytest.raises(ConfigError, match=message):
+  if overrides.get('eval.reference_npz') == '':
+    # digits are scored by their own classifier without a reference; FID during training
+    # (below) still needs one
     check_run(_config(root, weights, **overrides), 'eval', str(tmp_path))
+  else:
+    with pytest.raises(ConfigError, match=message):
+      check_run(_config(root, weights, **overrides), 'eval', str(tmp_path))
   train = _config(root, weights, **{'eval.fid_every': 10, 'eval.fid_samples': 512, **overrides})
   if 'eval.samples_npz' not in overrides:  # training does not read a samples file
     with pytest.raises(ConfigError, match=message):

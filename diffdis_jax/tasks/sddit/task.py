@@ -250,8 +250,8 @@ class SDDiTTask(base.Task):
   def _classifier_scores(self, npz_path: str) -> dict:
     t0 = time.perf_counter()
     metric = image_set_metrics.metric_for(self.config, self.workdir)
-    with np.load(npz_path) as npz:
-      images, labels = npz['arr_0'], npz['arr_1']
+    with np.load(npz_path) as npz:  # an ADM reference batch has no labels: no class accuracy
+      images, labels = npz['arr_0'], npz['arr_1'] if 'arr_1' in npz.files else None
     metrics = metric.evaluate(image_set_metrics.from_uint8(images), labels)
     record = {'metrics': metrics, 'classifier_test_acc': metric.test_accuracy,
               'protocol': f'{image_set_metrics.image_set(self.config)} classifier '
