@@ -196,7 +196,8 @@ BAD_INPUTS = [
     (['--study=sddit', OUT, '--eval_at=half'], 'comma-separated list'),
     (['--study=sddit', OUT, '--set=model.nope=1'], "no field 'model.nope'"),
     (['--study=sddit', OUT, '--set=width'], 'is not FIELD=VALUE'),
-    (['--study=sddit', OUT, '--set=sddit.teacher_sigma=nope'], 'dit/seed0: sddit.teacher_sigma'),
+    (['--study=sddit', OUT, '--set=sddit.teacher_sigma=nope'],
+     'dit_equal_size/seed0: sddit.teacher_sigma'),
     (['--study=sddit', OUT, 'extra'], 'unexpected arguments'),
 ]
 
