@@ -91,22 +91,21 @@ class AutoencoderTask(base.Task):
     recon, _ = preview_fn(params, images[firsts])
     return to_grid(np.concatenate([images[firsts], np.asarray(recon)]), cols=len(firsts))
 
-  def _run(self, preview_fn, params, images):
-    recon, means = [], []
-    for i in range(0, len(images), EVAL_BATCH):
-      r, m = jax.device_get(preview_fn(params, images[i:i + EVAL_BATCH]))
-      recon.append(r)
-      means.append(m)
-    return np.concatenate(recon), np.concatenate(means)
+  def _reconstruct(self, preview_fn, params, images):
+    return np.concatenate([jax.device_get(preview_fn(params, images[i:i + EVAL_BATCH])[0])
+                           for i in range(0, len(images), EVAL_BATCH)])
 
   def final_eval(self, preview_fn, params) -> dict:
     """Reconstruction scores on the test split, the scale factor, and the export."""
     config = self.config
     train_images, _ = self._images('train', SCALE_IMAGES)
-    _, train_means = self._run(preview_fn, params, train_images)
+    model = self.build_model()
+    encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode')[0])
+    train_means = np.concatenate([jax.device_get(encode(params, train_images[i:i + EVAL_BATCH]))
+                                  for i in range(0, len(train_images), EVAL_BATCH)])
     scaling_factor = float(1.0 / train_means.std())
     images, labels = self._images('test')
-    recon, _ = self._run(preview_fn, params, images)
+    recon = self._reconstruct(preview_fn, params, images)
     psnr = float(np.mean(jax.device_get(objective.psnr(jnp.asarray(images),
                                                        jnp.asarray(recon)))))
     metric = image_set_metrics.metric_for(config, self.workdir)

@@ -117,14 +117,10 @@ class SDDiTTask(base.Task):
         weights.vae_config(self.vae_path())['scaling_factor'])
 
   @functools.cached_property
-  def _vae(self):
-    return self.sampling_vae()
-
-  @functools.cached_property
   def decoder(self):
     """jitted scaled latents -> images in [-1, 1] (compiled once per shape), or None for
     pixel models."""
-    vae, vae_params = self._vae
+    vae, vae_params = self.sampling_vae
     if vae is None:
       return None
     decode = jax.jit(lambda p, z: decode_latents(vae, p, z))
@@ -172,7 +168,7 @@ class SDDiTTask(base.Task):
     extractor = fid.InceptionExtractor.from_file(ev.inception_weights, batch_size=ev.batch_size,
                                                  keys=('pool',))
     reference = fid.read_reference(ev.reference_npz, extractor, ev.batch_size)
-    vae, vae_params = self._vae
+    vae, vae_params = self.sampling_vae
     sampler, sharding = sample_npz.make_batch_sampler(model, self.config, mesh, vae)
     return [FIDDuringTraining(sampler, sharding, vae_params, extractor, reference,
                               every=ev.fid_every, num_samples=ev.fid_samples,
@@ -180,6 +176,7 @@ class SDDiTTask(base.Task):
 
   # ------------------------------------------------------------------ run modes
 
+  @functools.cached_property
   def sampling_vae(self):
     """(vae, vae_params) that decode the model's latents, or (None, None) for pixels."""
     config = self.config
@@ -194,7 +191,7 @@ class SDDiTTask(base.Task):
   def write_samples(self, model, mesh, state) -> str:
     """`sample.num_samples` class-conditional samples of the EMA params, ADM's .npz format."""
     config = self.config
-    vae, vae_params = self._vae
+    vae, vae_params = self.sampling_vae
     return sample_npz.write_samples_npz(
         model, config, mesh, state.ema_params, sample_npz.default_output(config, self.workdir),
         num_samples=config.sample.num_samples, batch_size=config.sample.batch_size, vae=vae,
