@@ -1,5 +1,6 @@
 """Analytic model FLOPs of SD-DiT settings against the plain DiT of the same size: no compile.
 
+  python bench/flops.py --config=configs/sddit_s.py       # a config's own layout and head
   python bench/flops.py --model=DiT-XL/2
   python bench/flops.py --model=DiT-XL/2 --mask-ratios=0.2,0.5 --decoders=separate,split:4
 
@@ -7,7 +8,8 @@ An SD-DiT step runs the masked student (forward + backward) and the teacher enco
 only) where DiT runs one full forward + backward, so at equal MFU their step-time ratio is
 the ratio of model FLOPs per training image printed here (`ratio_vs_dit`). It says which
 settings can meet a step-time target before any device time is spent: e.g.
-"SD-DiT-XL/2 at most 1.15x DiT-XL/2" (docs/results.md). One JSON line per setting.
+"SD-DiT-XL/2 at most 1.15x DiT-XL/2" (docs/results.md). One JSON line per setting; with
+--config, the first SD-DiT line is the config's own defaults.
 """
 from __future__ import annotations
 
@@ -31,45 +33,76 @@ def parse_decoder(spec: str):
   return mode, int(depth) if depth else None
 
 
-def flops_row(model_name: str, mask_ratio: float, decoder: str, dit_flops: float) -> dict:
-  config = bench_config(model_name, 'sddit', batch=1)
-  config.sddit.mask_ratio = mask_ratio
-  mode, depth = parse_decoder(decoder)
-  config.model.decoder_mode = mode
-  if depth is not None:
-    config.model.decoder_depth = depth
+def describe_decoder(model_config) -> str:
+  if model_config.decoder_mode == 'split':
+    return f'split:{model_config.decoder_depth}'
+  return f'separate:{model_config.decoder_depth}x{model_config.decoder_width}'
+
+
+def flops_row(config, dit_flops: float) -> dict:
   flops = costs.sddit_flops(make_task(config).build_model(), config)
-  return {'bench': 'flops', 'model': model_name, 'method': 'sddit', 'mask_ratio': mask_ratio,
-          'decoder': decoder if mode == 'split' else f'separate:{config.model.decoder_depth}x'
-                                                     f'{config.model.decoder_width}',
+  head = config.model.head
+  return {'bench': 'flops', 'model': config.model.name, 'method': 'sddit',
+          'mask_ratio': config.sddit.mask_ratio, 'decoder': describe_decoder(config.model),
+          'head': f"{head['hidden']}/{head['bottleneck']}/{head['out_dim']}",
           **{k: round(v / 1e9, 2) for k, v in flops.items()},
           'ratio_vs_dit': round(flops['train_flops_per_image'] / dit_flops, 4)}
 
 
-def table(model_name: str, mask_ratios, decoders):
-  dit_config = bench_config(model_name, 'dit', batch=1)
+def variant(model_name: str, config_file: str, mask_ratio=None, decoder=None):
+  """The SD-DiT config to count: the base (or `config_file`'s), with a mask ratio and decoder
+  layout when given."""
+  config = bench_config(model_name, 'sddit', batch=1, config_file=config_file)
+  if mask_ratio is not None:
+    config.sddit.mask_ratio = mask_ratio
+  if decoder is not None:
+    mode, depth = parse_decoder(decoder)
+    config.model.decoder_mode = mode
+    if depth is not None:
+      config.model.decoder_depth = depth
+  return config
+
+
+def table(model_name: str, mask_ratios, decoders, config_file: str = ''):
+  dit_config = bench_config(model_name, 'dit', batch=1, config_file=config_file)
   dit = costs.sddit_flops(make_task(dit_config).build_model(), dit_config)['train_flops_per_image']
-  rows = [{'bench': 'flops', 'model': model_name, 'method': 'dit',
+  rows = [{'bench': 'flops', 'model': dit_config.model.name, 'method': 'dit',
            'train_flops_per_image': round(dit / 1e9, 2), 'ratio_vs_dit': 1.0}]
-  rows += [flops_row(model_name, m, d, dit) for d in decoders for m in mask_ratios]
+  if config_file:
+    rows.append({**flops_row(variant(model_name, config_file), dit), 'config': config_file})
+  rows += [flops_row(variant(model_name, config_file, m, d), dit)
+           for d in decoders for m in mask_ratios]
   return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='DiT-XL/2')
-  parser.add_argument('--mask-ratios', default='0.0,0.1,0.2,0.3,0.4,0.5')
-  parser.add_argument('--decoders', default='separate,split:4',
+  parser.add_argument('--config', default='',
+                      help="a config file (configs/sddit_s.py): its model, layout and head; "
+                           "then only the --mask-ratios / --decoders given are added")
+  parser.add_argument('--mask-ratios', default=None,
+                      help='comma-separated (default 0.0,...,0.5; with --config: none)')
+  parser.add_argument('--decoders', default=None,
                       help="comma-separated: 'separate' (MaskDiT 8x512, the default) or "
-                           "'split:N' (the stack's last N blocks decode)")
+                           "'split:N' (the stack's last N blocks decode); default "
+                           "separate,split:4 (with --config: the config's own)")
   args = parser.parse_args()
-  mask_ratios = [float(m) for m in args.mask_ratios.split(',')]
+  default_masks = '' if args.config else '0.0,0.1,0.2,0.3,0.4,0.5'
+  masks = args.mask_ratios if args.mask_ratios is not None else default_masks
+  mask_ratios = [float(m) for m in masks.split(',') if m]
   if any(not 0.0 <= m < 1.0 for m in mask_ratios):
-    raise SystemExit(f'--mask-ratios: each must be in [0, 1), got {args.mask_ratios}')
-  decoders = args.decoders.split(',')
+    raise SystemExit(f'--mask-ratios: each must be in [0, 1), got {masks}')
+  default_decoders = '' if args.config else 'separate,split:4'
+  decoders = [d for d in (args.decoders if args.decoders is not None
+                          else default_decoders).split(',') if d]
   for d in decoders:
     parse_decoder(d)  # every entry is checked before anything is built
-  for row in table(args.model, mask_ratios, decoders):
+  if args.config and mask_ratios and not decoders:
+    decoders = [None]                 # mask ratios on the config's own layout
+  if args.config and decoders and not mask_ratios:
+    mask_ratios = [None]
+  for row in table(args.model, mask_ratios, decoders, args.config):
     print(json.dumps(row))
 
 

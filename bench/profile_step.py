@@ -123,7 +123,7 @@ def main():
     align = 'diffusion' if args.method == 'diffdis' else 'none'
     config = bench.diffdis_bench_config(args.size, args.batch, args.latent, align)
   else:
-    config = bench.bench_config(args.model, args.method, args.batch)
+    config = bench.bench_config(args.model, args.method, args.batch, args.config)
   config = bench.apply_flags(config, args)
 
   task = make_task(config)

@@ -2,6 +2,7 @@
 
   python bench/train_step.py --model=DiT-S/2 --method=sddit --batch=8
   python bench/train_step.py --model=DiT-S/2 --method=dit --batch=8 --vs-torch --sample
+  python bench/train_step.py --config=configs/sddit_s.py --method=sddit --batch=8
   python bench/train_step.py --model=DiT-XL/2 --method=dit --batch=64 --dtype=bfloat16 \
       --attention=cudnn --vs-torch                                  # on a GPU
   python bench/train_step.py --method=diffdis --size=tiny --batch=8 --vs-torch
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import platform
@@ -49,23 +51,34 @@ import costs  # noqa: E402  (bench/costs.py)
 import peers  # noqa: E402  (bench/peers.py)
 import timing  # noqa: E402  (bench/timing.py)
 from configs import common, diffdis_common  # noqa: E402
+from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
 from diffdis_jax.eval.diffdis_sampler import make_query_predictor  # noqa: E402
 from diffdis_jax.eval.sddit_sampler import make_sample_fn  # noqa: E402
 from diffdis_jax.tasks import make_task  # noqa: E402
 from diffdis_jax.train import step as step_lib  # noqa: E402
 
 
-def bench_config(model: str, method: str, batch: int):
-  c = common.get_base_config()
-  c.model.name = model
+def config_from_file(path: str):
+  """get_config() of a config file ('configs/sddit_s.py'), as launch/main.py's --config."""
+  if not os.path.isfile(path):
+    raise SystemExit(f'--config: no such file {path!r}; e.g. --config=configs/sddit_s.py')
+  spec = importlib.util.spec_from_file_location('bench_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def bench_config(model: str, method: str, batch: int, config_file: str = ''):
+  """The base config for `model` (or a config file's own SD-DiT layout and head, when
+  `config_file` is given), at `batch`; method 'dit' is its DiT counterpart."""
+  if method not in ('sddit', 'dit'):
+    raise SystemExit(f'--method must be sddit or dit, got {method!r}')
+  c = config_from_file(config_file) if config_file else common.get_base_config()
+  if not config_file:
+    c.model.name = model
   c.batch_size = batch
   c.data.name = 'digits'  # not read: the bench feeds random latents
-  if method == 'dit':
-    c.model.decoder_mode, c.model.decoder_depth = 'split', 0
-    c.sddit.dis_weight, c.sddit.mask_ratio = 0.0, 0.0
-  elif method != 'sddit':
-    raise SystemExit(f'--method must be sddit or dit, got {method!r}')
-  return c
+  return apply_overrides(c, common.DIT_BASELINE) if method == 'dit' else c
 
 
 def diffdis_bench_config(size: str, batch: int, latent: int, align_mode: str):
@@ -263,6 +276,10 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
   """The bench's flags: what to build, how big, and the settings it runs under."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--model', default='DiT-S/2')
+  parser.add_argument('--config', default='',
+                      help='dit/sddit: a config file whose model (and SD-DiT layout and head) '
+                           'to time instead of --model with the base defaults, e.g. '
+                           'configs/sddit_s.py')
   parser.add_argument('--method', default='sddit', choices=['sddit', 'dit', 'diffdis', 'unet'])
   parser.add_argument('--size', default='tiny', help="diffdis, unet: 'tiny' (demo) or 'sd15'")
   parser.add_argument('--latent', type=int, default=0,
@@ -308,14 +325,15 @@ def main():
   if args.method == 'unet':
     print(json.dumps({**bench_unet(args), **machine}))
     return
-  config = apply_flags(bench_config(args.model, args.method, args.batch), args)
+  config = apply_flags(bench_config(args.model, args.method, args.batch, args.config), args)
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   flops = costs.sddit_flops(make_task(config).build_model(), config)
   images_per_s = args.batch / ours['step_s']
   peak = costs.peak_flops(kind) if args.dtype == 'bfloat16' else None
   record = {
-      'bench': 'train_step', 'model': args.model, 'method': args.method, 'batch': args.batch,
+      'bench': 'train_step', 'model': config.model.name, 'config': args.config or None,
+      'method': args.method, 'batch': args.batch,
       'mask_ratio': config.sddit.mask_ratio, **_flag_fields(args), **_rounded(ours),
       'images_per_s': round(images_per_s, 2),
       'model_flops_per_image': flops['train_flops_per_image'],

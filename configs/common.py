@@ -156,6 +156,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# DiT as a configuration of the SD-DiT objective: the stack's own blocks decode (so the
+# parameters are exactly DiT's), no mask and no teacher. The DiT configs, the studies' 'dit'
+# variant and the benchmarks' DiT counterpart all apply these.
+DIT_BASELINE = {'model.decoder_mode': 'split', 'model.decoder_depth': 0,
+                'sddit.dis_weight': 0.0, 'sddit.mask_ratio': 0.0}
+
+
 def imagenet_config(model_name: str) -> ml_collections.ConfigDict:
   """SD-DiT on ImageNet 256 latents (SD-VAE, 32x32x4), MaskDiT's optimisation settings."""
   config = get_base_config()
@@ -163,4 +170,18 @@ def imagenet_config(model_name: str) -> ml_collections.ConfigDict:
   config.compute_dtype = 'bfloat16'
   config.batch_size = 1024
   config.total_steps = 400_000
+  return config
+
+
+def sized_sddit(config, *, decoder_mode: str, decoder_depth: int, head_hidden: int,
+                head_out_dim: int, decoder_width: int = 512, decoder_heads: int = 16):
+  """One model size's SD-DiT layout (docs/paper_notes.md, "SD-DiT per model size"): which
+  blocks decode, and the projection head's hidden width and prototype count. `decoder_width`
+  and `decoder_heads` only matter to a 'separate' decoder; a 'split' one has the stack's."""
+  m = config.model
+  m.decoder_mode, m.decoder_depth = decoder_mode, decoder_depth
+  if decoder_mode == 'separate':
+    m.decoder_width, m.decoder_heads = decoder_width, decoder_heads
+  m.head = ml_collections.ConfigDict(
+      dict(hidden=head_hidden, bottleneck=256, out_dim=head_out_dim, num_layers=3))
   return config

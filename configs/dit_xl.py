@@ -3,12 +3,9 @@
 `decoder_mode='split'` with the stack's own blocks makes the parameter set exactly DiT-XL/2.
 """
 from configs import common
+from diffdis_jax.core.overrides import apply_overrides
 
 
 def get_config():
-  config = common.imagenet_config('DiT-XL/2')
-  config.model.decoder_mode = 'split'
-  config.model.decoder_depth = 0
-  config.sddit.dis_weight = 0.0
-  config.sddit.mask_ratio = 0.0
-  return config
+  return apply_overrides(common.imagenet_config('DiT-XL/2'), common.DIT_BASELINE,
+                         'configs/dit_xl.py')

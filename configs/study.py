@@ -8,7 +8,7 @@ diffdis_jax/study/spec.py the order in which a run's config is built.
 """
 from __future__ import annotations
 
-from configs import demo, demo_diffdis, fmnist_sddit
+from configs import common, demo, demo_diffdis, fmnist_sddit
 from diffdis_jax.study.spec import Scale, Study, Variant
 
 SCALES = ('cpu', 'gpu')
@@ -20,18 +20,17 @@ SCALES = ('cpu', 'gpu')
 # DiT with SD-DiT's block count: the decoder's blocks added to the encoder's depth (of the
 # scale's config), so that the two generators have nearly the same parameters; SD-DiT's
 # projection head is training-only and has no counterpart
+# (a 'split' SD-DiT's decoder is already part of its depth)
 DIT_EQUAL_SIZE = Variant(
     'dit_equal_size', 'DiT baseline as deep as SD-DiT\'s encoder and decoder together, no '
-    'mask, no teacher',
-    {'model.decoder_mode': 'split', 'model.decoder_depth': 0, 'sddit.dis_weight': 0.0,
-     'sddit.mask_ratio': 0.0},
-    derived=lambda config: {'model.depth': config.model.depth + config.model.decoder_depth})
+    'mask, no teacher', common.DIT_BASELINE,
+    derived=lambda config: {'model.depth': config.model.depth + (
+        config.model.decoder_depth if config.model.decoder_mode == 'separate' else 0)})
 
 
 SDDIT_VARIANTS = (
     Variant('dit', 'DiT baseline: the encoder blocks alone, no decoder, no mask, no teacher',
-            {'model.decoder_mode': 'split', 'model.decoder_depth': 0,
-             'sddit.dis_weight': 0.0, 'sddit.mask_ratio': 0.0}),
+            common.DIT_BASELINE),
     Variant('maskdit', 'MaskDiT-style: 50% masked, learned mask token in the decoder, loss on '
             'visible patches + 0.1 x masked reconstruction, no teacher',
             {'model.infill': 'mask_token', 'sddit.gen_loss_tokens': 'visible',

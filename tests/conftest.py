@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
+from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
 from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
 
 prepare_torchvision()
@@ -34,17 +35,6 @@ def tiny_sddit_config(**overrides):
   config.sample.per_class = 1
   config.eval.metric_samples = 0
   return apply_overrides(config, overrides)
-
-
-def apply_overrides(config, overrides: dict):
-  """config with each dotted key ('model.width') of `overrides` set; returns the config."""
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split('.')
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
 
 
 @pytest.fixture

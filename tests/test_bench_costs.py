@@ -19,9 +19,9 @@ from diffdis_jax.objectives import sddit  # noqa: E402
 def test_dit_xl_2_matches_the_published_count():
   # DiT-XL/2 at 256 px: 118.6 G multiply-adds per forward pass (DiT, Table 4)
   from configs import common  # pylint: disable=g-import-not-at-top
-  config = common.get_base_config()
-  config.model.name, config.model.decoder_mode, config.model.decoder_depth = 'DiT-XL/2', 'split', 0
-  config.sddit.dis_weight, config.sddit.mask_ratio = 0.0, 0.0
+  from diffdis_jax.core.overrides import apply_overrides  # pylint: disable=g-import-not-at-top
+  config = apply_overrides(common.get_base_config(), common.DIT_BASELINE)
+  config.model.name = 'DiT-XL/2'
   flops = costs.sddit_flops(make_task(config).build_model(), config)
   assert flops['student_forward_flops'] / 2 == pytest.approx(118.6e9, rel=2e-3)
   assert flops['teacher_forward_flops'] == 0
@@ -33,15 +33,23 @@ def _xla_flops(fn, *args):
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
 
 
-def test_sddit_counts_agree_with_xla_on_a_wide_model():
+# the decoder layouts of configs/sddit_{s,b,l,xl}.py: MaskDiT's separate stack (L, XL) and
+# the stack's last blocks (S, B), each with a head twice as wide as the model
+LAYOUTS = {'separate': {'model.decoder_mode': 'separate', 'model.decoder_width': 128,
+                        'model.decoder_heads': 2},
+           'split': {'model.decoder_mode': 'split', 'model.depth': 3,
+                     'model.decoder_depth': 1}}
+
+
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_sddit_counts_agree_with_xla_on_a_wide_model(layout):
   """Wide enough that matrix products dwarf elementwise work, so XLA's count of the forward
   passes (which includes that work) should sit just above the analytic one."""
   config = tiny_sddit_config(**{'model.input_size': 16, 'model.width': 256,
-                                'model.num_heads': 4, 'model.decoder_width': 128,
-                                'model.decoder_heads': 2,
-                                'model.head': dict(hidden=256, bottleneck=64, out_dim=512,
+                                'model.num_heads': 4,
+                                'model.head': dict(hidden=512, bottleneck=64, out_dim=512,
                                                    num_layers=3),
-                                'sddit.mask_ratio': 0.5})
+                                'sddit.mask_ratio': 0.5, **LAYOUTS[layout]})
   model = make_task(config).build_model()
   x = jnp.zeros((1, 16, 16, config.model.in_channels))
   t, y = jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)

@@ -40,3 +40,15 @@ def test_a_bad_decoder_spec_is_one_line_before_anything_is_built():
   assert result.returncode != 0 and result.stdout == ''
   assert result.stderr.strip().splitlines() == [
       "--decoders: each entry is 'separate' or 'split:N', got 'split'"]
+
+
+@pytest.mark.parametrize('size', ['s', 'b', 'l', 'xl'])
+def test_each_sized_config_costs_at_most_1_3x_its_dit(size):
+  path = os.path.join(ROOT, 'configs', f'sddit_{size}.py')
+  dit, own = flops.table('', [], [], config_file=path)
+  assert dit['method'] == 'dit' and dit['model'] == own['model'] == f'DiT-{size.upper()}/2'
+  assert own['config'] == path and own['mask_ratio'] == 0.2
+  assert 1.0 < own['ratio_vs_dit'] <= 1.3, own
+  # the DiT counterpart is the same size: the config's own layout adds no encoder blocks
+  config = bench_config('', 'dit', batch=1, config_file=path)
+  assert config.model.decoder_depth == 0 and config.sddit.dis_weight == 0.0

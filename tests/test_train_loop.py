@@ -62,7 +62,7 @@ def test_resume_drops_log_lines_past_the_checkpoint(tmp_path):
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):
-  config = tiny_sddit_config(total_steps=1, sample_every=1000)
+  config = tiny_sddit_config(total_steps=2, sample_every=1000)
   build_trainer(config, str(tmp_path)).train()
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   other = tiny_sddit_config(total_steps=2, **{'model.width': 64})
@@ -78,4 +78,13 @@ def test_workdir_of_another_model_is_refused(tmp_path):
   except WorkdirMismatch:
     pass
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  # so is a total_steps below the saved step: resuming would log step 2's scores as step 1's
+  log = (tmp_path / 'metrics.jsonl').read_text()
+  try:
+    build_trainer(tiny_sddit_config(total_steps=1, sample_every=1000), str(tmp_path)).train()
+    raise AssertionError('expected WorkdirMismatch')
+  except WorkdirMismatch as e:
+    assert 'step 2, past total_steps=1' in str(e)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert (tmp_path / 'metrics.jsonl').read_text() == log
   assert jax.device_count() == 8  # the suite runs on 8 virtual devices

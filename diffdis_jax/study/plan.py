@@ -15,7 +15,8 @@ import os
 from diffdis_jax.core import files
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
-from diffdis_jax.study.spec import OverrideError, Study, Variant, eval_steps
+from diffdis_jax.core.overrides import OverrideError
+from diffdis_jax.study.spec import Study, Variant, eval_steps
 
 SETTINGS_FILE = 'study.json'   # DIR/<study>/study.json: the settings every run there shares
 RECORD_FILE = 'study_run.json'  # DIR/<study>/<variant>/seed<k>/study_run.json

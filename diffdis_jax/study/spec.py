@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-
-class OverrideError(ValueError):
-  pass
+from diffdis_jax.core.overrides import apply_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,22 +73,3 @@ class Study:
 def eval_steps(fractions, steps: int) -> list[int]:
   """The step counts at which metrics are taken: each fraction of the budget, at least 1."""
   return sorted({max(1, round(f * steps)) for f in fractions} | {steps})
-
-
-def apply_overrides(config, overrides: dict, source: str):
-  """Sets each dotted field ('model.width') of `overrides`; a field the config lacks or a
-  value of the wrong type raises OverrideError naming `source`."""
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split('.')
-    for part in path:
-      if part not in node:
-        raise OverrideError(f'{source}: the config has no field {key!r}')
-      node = node[part]
-    if not hasattr(node, 'keys') or last not in node:
-      raise OverrideError(f'{source}: the config has no field {key!r}')
-    try:
-      node[last] = value
-    except (TypeError, ValueError) as e:
-      raise OverrideError(f'{source}: {key}={value!r}: {str(e).splitlines()[0]}') from None
-  return config

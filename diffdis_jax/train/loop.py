@@ -107,6 +107,13 @@ class Trainer:
     if lead:
       workdir_lib.write_identity(config, self.objective, workdir)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    saved = checkpointer.latest_step()
+    if saved is not None and saved > config.total_steps:
+      # resuming would score and export the later checkpoint under the earlier step
+      checkpointer.close()
+      raise workdir_lib.WorkdirMismatch(
+          f'{workdir} holds a checkpoint at step {saved}, past total_steps='
+          f'{config.total_steps}; raise --config.total_steps or give a fresh --workdir')
     data_it = self.data_iterator()
     state = self.restore_or_init(checkpointer, data_it)
     start = int(state.step)
