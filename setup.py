@@ -30,6 +30,7 @@ setup(
         'safetensors>=0.4',
         'numpy>=1.26',
         'scipy>=1.11',
+        'matplotlib>=3.8',     # the studies' convergence plots (study/curves.py)
         'pillow>=10',
         'scikit-learn>=1.4',   # the demo's digits ship with it
     ],

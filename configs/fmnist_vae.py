@@ -5,7 +5,7 @@ Images are padded from 28x28 to 32x32 and encoded to 8x8x4 latents (two halvings
 compression, where SD's VAE compresses 48x. Fashion-MNIST's 28x28 pixels leave no room for
 more: at 4x4 the DiT would see 4 tokens of 2x2 patches. Three levels of widths 16, 32, 64 with
 one ResNet per level and the mid-block attention at 8x8 are 0.68M parameters, sized so that
-1,200 steps of 64 images train in minutes on a 2-core CPU (docs/results.md). The loss is SD's
+900 steps of 64 images train in minutes on a 2-core CPU (docs/results.md). The loss is SD's
 without LPIPS and the GAN (L1 + 1e-6 KL); docs/paper_notes.md ("The Fashion-MNIST
 autoencoder") gives the reasons. At the end the test split is scored and the EMA weights are
 exported in diffusers' format to <workdir>/diffusers/.
@@ -30,10 +30,10 @@ def get_config():
   config.eval = ml_collections.ConfigDict(dict(
       classifier_dir=''))              # the metric's classifier cache ('': <workdir>/classifier)
   config.batch_size = 64
-  config.total_steps = 1200
+  config.total_steps = 900
   config.log_every = 100
-  config.checkpoint_every = 400
-  config.sample_every = 400
+  config.checkpoint_every = 300
+  config.sample_every = 300
   config.ema_decay = 0.999
   config.optim.lr = 1e-3
   config.optim.warmup_steps = 100

@@ -3,6 +3,7 @@
   python launch/study.py --study=sddit --out=DIR                # 13 variants x 3 seeds, CPU
   python launch/study.py --study=diffdis --out=DIR --seeds=1 --only=diffdis,clip_style
   python launch/study.py --study=sddit --out=DIR --scale=gpu    # a larger digits setting
+  python launch/study.py --study=sddit_fmnist --out=DIR --budget=flops --only=dit,maskdit,sddit
 
 Variants, scales and the order overrides apply in: configs/study.py. Each run trains in this
 process through the Trainer into DIR/<study>/<variant>/seed<k>/ and is scored at the
@@ -48,6 +49,10 @@ _FAST_COMPILE = flags.DEFINE_bool('fast_compile', False, 'Compile train steps at
 _COMPILE_CACHE = flags.DEFINE_string('compile_cache', None, 'JAX persistent compilation cache '
                                      '(default OUT/compile_cache; "" for none): the seeds of a '
                                      'variant and the stages of a run share compiles.')
+_BUDGET = flags.DEFINE_enum('budget', 'steps', list(plan.BUDGETS),
+                            'What the variants share: steps (the same --steps each) or flops '
+                            '(the training FLOPs of the reference variant\'s --steps: a cheaper '
+                            'variant trains longer and is scored at the same compute marks).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check everything, print the runs, stop.')
 
 
@@ -77,7 +82,7 @@ def main(argv):
   try:
     settings, variants = plan.check_flags(
         study, _SCALE.value, _ONLY.value, _SEEDS.value, _STEPS.value, _EVAL_AT.value,
-        _SAMPLES.value, _SET.value, _FAST_COMPILE.value)
+        _SAMPLES.value, _SET.value, _FAST_COMPILE.value, _BUDGET.value)
     plan.check_out(_OUT.value, settings)
     runs = plan.plan(study, settings, variants, _SEEDS.value, _OUT.value)
   except plan.StudyError as e:
@@ -94,6 +99,11 @@ def main(argv):
     fail(str(e))
   print(f'{settings.study} study, scale {settings.scale}: {len(runs)} runs of '
         f'{settings.steps} steps, scored at steps {list(settings.eval_at)}', flush=True)
+  if settings.budget == 'flops':
+    print(f'at the training FLOPs of {study.reference}\'s steps; each variant\'s own steps:',
+          flush=True)
+    for name, steps in dict((run.variant.name, run.eval_at) for run in runs).items():
+      print(f'  {name}: {list(steps)}', flush=True)
   if _DRY_RUN.value:
     for run in runs:
       print(f'  {run.name} -> {run.workdir}')

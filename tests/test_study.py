@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from configs.study import STUDIES
-from diffdis_jax.study import report
+from diffdis_jax.study import curves, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,8 +97,21 @@ def test_sddit_study_end_to_end_and_rerun_skips(out):
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = {'fd_digits': (0.0, 1e4), 'sample_class_acc': (0.0, 1.0)}
   _check_results(out / 'sddit', ['dit', 'sddit'], [2, 4], {'*': metrics})
-  # both stages of each run were scored and recorded
+  # both stages of each run were scored and recorded, with the run's compute
   assert proc.stdout.count(': step 2:') == 2 and proc.stdout.count(': step 4:') == 2
+  results = json.loads((out / 'sddit' / 'results.json').read_text())
+  dit, sddit = results['variants']['dit'], results['variants']['sddit']
+  for v in (dit, sddit):
+    assert v['steps'] == 4 and v['eval_steps'] == {'2': 2, '4': 4}
+    assert v['eval_flops']['4'] == pytest.approx(4 * 8 * v['train_flops_per_image'])
+  assert sddit['train_flops_per_image'] > dit['train_flops_per_image'] > 0
+  # the convergence plot: a PNG with one curve per variant in each panel
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(out / 'sddit' / 'curves.png') as image:
+    assert image.format == 'PNG' and min(image.size) > 300
+  drawn = curves.write_curves(results, str(out / 'curves_again.png'))
+  assert len(drawn) == 4 and all(names == ['dit', 'sddit'] for names in drawn.values())
+  assert any('lower is better' in title for title in drawn)
 
   before = _snapshot(out / 'sddit')
   again = _run([f'--out={out}', *SDDIT_RUN])
@@ -111,6 +124,45 @@ def test_sddit_study_end_to_end_and_rerun_skips(out):
   assert other.returncode == 2
   assert 'other settings' in _error_line(other) and 'steps=4' in _error_line(other)
   assert _snapshot(out / 'sddit') == before
+
+
+def test_equal_compute_trains_cheaper_variants_longer(out):
+  """--budget=flops: DiT (cheaper per step than SD-DiT) trains for the steps that spend
+  SD-DiT's FLOPs, and is scored at the compute marks of SD-DiT's steps 2 and 4."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study import plan
+  settings, variants = plan.check_flags(STUDIES['sddit'], 'cpu', 'dit,sddit', 1, 4, '2', 20,
+                                        [a[len('--set='):] for a in SDDIT_TINY], True,
+                                        budget='flops')
+  dit_run, sddit_run = plan.plan(STUDIES['sddit'], settings, variants, 1, str(out))
+  ratio = sddit_run.flops_per_image / dit_run.flops_per_image
+  assert ratio > 1.2
+  assert sddit_run.eval_at == (2, 4) and sddit_run.config.total_steps == 4
+  assert dit_run.eval_at == (round(2 * ratio), round(4 * ratio))
+  assert dit_run.config.total_steps == dit_run.eval_at[-1] and dit_run.marks == (2, 4)
+  flops_out = out.parent / 'flops_out'
+  proc = _run([f'--out={flops_out}', '--budget=flops', '--study=sddit', '--only=dit',
+               *SDDIT_RUN[2:]])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'dit: {list(dit_run.eval_at)}' in proc.stdout
+  results = json.loads((flops_out / 'sddit' / 'results.json').read_text())
+  v = results['variants']['dit']
+  assert results['budget'] == 'flops' and v['steps'] == dit_run.eval_at[-1]
+  assert v['eval_steps'] == {'2': dit_run.eval_at[0], '4': dit_run.eval_at[1]}
+  # each mark's compute is within a step of SD-DiT's at that step
+  for mark in ('2', '4'):
+    reference = int(mark) * 8 * sddit_run.flops_per_image
+    assert abs(v['eval_flops'][mark] - reference) <= 8 * dit_run.flops_per_image
+  assert 'Equal compute' in (flops_out / 'sddit' / 'table.md').read_text()
+
+
+def test_equal_compute_steps_arithmetic():
+  # plan.py imports the tasks, so only here
+  from diffdis_jax.study.plan import equal_compute_steps  # pylint: disable=g-import-not-at-top
+  assert equal_compute_steps(1000, 3.0, 1.5) == 2000     # half the cost: twice the steps
+  assert equal_compute_steps(1000, 1.9, 1.0) == 1900
+  assert equal_compute_steps(1000, 1.0, 3.0) == 333      # to the nearest step
+  assert equal_compute_steps(1, 1.0, 10.0) == 1          # never below one step
 
 
 def test_diffdis_study_end_to_end(out):
@@ -199,6 +251,8 @@ BAD_INPUTS = [
     (['--study=sddit', OUT, '--set=sddit.teacher_sigma=nope'],
      'dit_equal_size/seed0: sddit.teacher_sigma'),
     (['--study=sddit', OUT, 'extra'], 'unexpected arguments'),
+    (['--study=sddit', OUT, '--budget=time'], 'budget'),
+    (['--study=diffdis', OUT, '--budget=flops'], 'needs a reference variant'),
 ]
 
 

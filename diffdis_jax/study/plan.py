@@ -11,15 +11,21 @@ import ast
 import dataclasses
 import json
 import os
+from typing import Optional
 
 from diffdis_jax.core import files
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
 from diffdis_jax.core.overrides import OverrideError
 from diffdis_jax.study.spec import Study, Variant, eval_steps
+from diffdis_jax.tasks import make_task
 
 SETTINGS_FILE = 'study.json'   # DIR/<study>/study.json: the settings every run there shares
 RECORD_FILE = 'study_run.json'  # DIR/<study>/<variant>/seed<k>/study_run.json
+# what every variant shares: 'steps' (the same training steps) or 'flops' (the same training
+# FLOPs as the study's reference variant spends in those steps, so a cheaper variant trains
+# for more steps and is scored at the same compute marks)
+BUDGETS = ('steps', 'flops')
 
 
 class StudyError(ValueError):
@@ -36,9 +42,14 @@ class Settings:
   samples: int
   set: dict
   fast_compile: bool
+  budget: str = 'steps'
 
   def to_json(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as on disk
+
+
+# settings added since the first studies were written, and the value older ones ran with
+SETTINGS_SINCE = {'budget': 'steps'}
 
 
 @dataclasses.dataclass
@@ -47,10 +58,34 @@ class PlannedRun:
   seed: int
   workdir: str
   config: object
+  # this run's own evaluation steps, and the mark (a step of the settings' eval_at) each one
+  # stands for: the same steps, or under budget 'flops' the same training FLOPs
+  eval_at: tuple = ()
+  marks: tuple = ()
+  flops_per_image: Optional[float] = None   # analytic, forward + backward (None: unknown)
 
   @property
   def name(self) -> str:
     return f'{self.variant.name}/seed{self.seed}'
+
+  def training_flops(self, step: int) -> Optional[float]:
+    """Model FLOPs of `step` training steps of this run (None without an analytic count)."""
+    if self.flops_per_image is None:
+      return None
+    return float(step) * self.config.batch_size * self.flops_per_image
+
+
+def flops_per_image(config) -> Optional[float]:
+  """The method's analytic training FLOPs per image for `config` (None where it has none)."""
+  task = make_task(config)
+  return task.train_flops_per_image(task.build_model())
+
+
+def equal_compute_steps(reference_steps: int, reference_flops_per_step: float,
+                        own_flops_per_step: float) -> int:
+  """Steps that spend what `reference_steps` steps of the reference spend, to the nearest
+  step (at least 1): a variant half as costly per step trains twice as long."""
+  return max(1, round(reference_steps * reference_flops_per_step / own_flops_per_step))
 
 
 def parse_set(items) -> dict:
@@ -74,8 +109,14 @@ def _positive(value, flag: str):
 
 
 def check_flags(study: Study, scale: str, only: str, seeds: int, steps, eval_at: str, samples,
-                set_items, fast_compile: bool) -> tuple[Settings, list]:
+                set_items, fast_compile: bool,
+                budget: str = 'steps') -> tuple[Settings, list]:
   """Settings and the chosen variants from the flags' values (None: the scale's default)."""
+  if budget not in BUDGETS:
+    raise StudyError(f'--budget={budget!r} is not one of {list(BUDGETS)}')
+  if budget == 'flops' and not study.reference:
+    raise StudyError(f'--budget=flops needs a reference variant whose compute the others '
+                     f'match; study {study.name} has none (use --budget=steps)')
   known = [v.name for v in study.variants]
   chosen = [name.strip() for name in only.split(',') if name.strip()] if only else known
   unknown = [name for name in chosen if name not in known]
@@ -100,7 +141,8 @@ def check_flags(study: Study, scale: str, only: str, seeds: int, steps, eval_at:
   else:
     points = eval_steps(scale_cfg.eval_fractions, steps)
   settings = Settings(study=study.name, scale=scale, steps=steps, eval_at=tuple(points),
-                      samples=samples, set=parse_set(set_items), fast_compile=fast_compile)
+                      samples=samples, set=parse_set(set_items), fast_compile=fast_compile,
+                      budget=budget)
   order = [name for name in known if name in chosen]  # the table's order
   return settings, [study.variant(name) for name in order]
 
@@ -124,6 +166,7 @@ def check_out(out: str, settings: Settings):
     with open(saved_path) as f:
       saved = json.load(f)['settings']
     mine = settings.to_json()
+    saved = {**SETTINGS_SINCE, **saved}
     diff = [f'{k}={saved.get(k)!r} (this command: {mine[k]!r})' for k in sorted(mine)
             if saved.get(k) != mine[k]]
     if diff:
@@ -131,19 +174,42 @@ def check_out(out: str, settings: Settings):
                        f'{"; ".join(diff)}; repeat them to resume, or pass another --out')
 
 
+def _build(study: Study, settings: Settings, name: str, seed: int, steps: int):
+  try:
+    return study.build_config(settings.scale, name, seed, steps, settings.set, settings.samples)
+  except OverrideError as e:
+    raise StudyError(str(e)) from None
+
+
 def plan(study: Study, settings: Settings, variants, seeds: int,
          out: str) -> list[PlannedRun]:
   """One PlannedRun per variant and seed; a bad --set field or value fails here."""
+  reference_per_step = None
+  if settings.budget == 'flops':
+    reference = _build(study, settings, study.reference, 0, settings.steps)
+    reference_fpi = flops_per_image(reference)
+    if reference_fpi is None:
+      raise StudyError(f'--budget=flops: method {reference.method} has no analytic FLOP '
+                       'count to match; use --budget=steps')
+    reference_per_step = reference_fpi * reference.batch_size
   runs = []
   for v in variants:
+    fpi = flops_per_image(_build(study, settings, v.name, 0, settings.steps))
+    marks = tuple(settings.eval_at)
+    own = marks
+    if reference_per_step is not None:
+      if fpi is None:
+        raise StudyError(f'--budget=flops: variant {v.name} has no analytic FLOP count')
+      per_step = fpi * _build(study, settings, v.name, 0, settings.steps).batch_size
+      own = tuple(equal_compute_steps(k, reference_per_step, per_step) for k in marks)
+      if len(set(own)) < len(own):
+        raise StudyError(f'--budget=flops: variant {v.name} would be scored twice at one step '
+                         f'({list(own)} for the marks {list(marks)}); raise --steps')
     for seed in range(seeds):
-      try:
-        config = study.build_config(settings.scale, v.name, seed, settings.steps, settings.set,
-                                    settings.samples)
-      except OverrideError as e:
-        raise StudyError(str(e)) from None
+      config = _build(study, settings, v.name, seed, own[-1])
       workdir = os.path.join(os.path.abspath(out), settings.study, v.name, f'seed{seed}')
-      runs.append(PlannedRun(v, seed, workdir, config))
+      runs.append(PlannedRun(v, seed, workdir, config, eval_at=own, marks=marks,
+                             flops_per_image=fpi))
   return runs
 
 

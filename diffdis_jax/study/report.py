@@ -1,4 +1,4 @@
-"""The finished runs of a study folder -> DIR/<study>/results.json and DIR/<study>/table.md.
+"""The finished runs of a study folder -> DIR/<study>/results.json, table.md and curves.png.
 
 Every finished run found under the folder counts, not only those of the latest invocation, so
 a study grown over several commands (more variants, more seeds) is reported whole. The
@@ -16,7 +16,8 @@ import math
 import os
 
 from diffdis_jax.core import files
-from diffdis_jax.study.plan import read_record, write_json
+from diffdis_jax.study import curves
+from diffdis_jax.study.plan import flops_per_image, read_record, write_json
 from diffdis_jax.study.spec import Study
 
 
@@ -51,6 +52,7 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
     if not done:
       continue
     steps = [str(s) for s in saved_settings['eval_at']]
+    first = done[0]
     variants[v.name] = {
         'what': v.what,
         'overrides': done[0]['overrides'],
@@ -63,6 +65,9 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
         'compile_seconds': {str(r['seed']): r['compile_seconds'] for r in done},
         'load_average': {str(r['seed']): r['load_average'] for r in done},
         'hardware': done[0].get('hardware'),
+        **compute(first, steps, study.build_config(
+            saved_settings['scale'], v.name, first['seed'], int(steps[-1]),
+            saved_settings['set'], saved_settings['samples'])),
     }
   return {
       'study': study.name,
@@ -71,6 +76,7 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       'base_config': study.base_config,
       'scale': {'name': saved_settings['scale'], 'what': scale.what},
       'settings': saved_settings,
+      'budget': saved_settings.get('budget', 'steps'),
       'metrics': dict(study.metrics),
       'metrics_note': study.metric_note,
       'std': 'sample standard deviation (n - 1) over seeds; null with fewer than two',
@@ -78,6 +84,24 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'variants': variants,
   }
+
+
+def compute(record: dict, marks, config) -> dict:
+  """A variant's training compute from its first seed's record (every seed trains the same):
+  steps, analytic FLOPs per image and in all, and the step and FLOPs of each mark. Records
+  written before studies counted FLOPs ran at equal steps; their counts come from `config`,
+  the variant's config as the study builds it."""
+  if 'eval_steps' in record:
+    return {'steps': record['steps'], 'batch_size': record['batch_size'],
+            'train_flops_per_image': record['train_flops_per_image'],
+            'training_flops': record['training_flops'],
+            'eval_steps': {m: record['eval_steps'].get(m) for m in marks},
+            'eval_flops': {m: record['eval_flops'].get(m) for m in marks}}
+  fpi, batch = flops_per_image(config), config.batch_size
+  total = lambda steps: None if fpi is None else float(steps) * batch * fpi
+  return {'steps': config.total_steps, 'batch_size': batch, 'train_flops_per_image': fpi,
+          'training_flops': total(config.total_steps),
+          'eval_steps': {m: int(m) for m in marks}, 'eval_flops': {m: total(m) for m in marks}}
 
 
 def paired_differences(variants: dict, reference: str, metrics: tuple) -> dict:
@@ -120,24 +144,44 @@ def table_markdown(results: dict) -> str:
   steps = [str(k) for k in s['eval_at']]
   metric_cols = [(step, m) for step in steps for m in results['metrics']]
   head = ['variant', 'seeds', 'params'] + [
-      f'{m} {arrows[results["metrics"][m]]} @{step}' for step, m in metric_cols] + ['s/run']
+      f'{m} {arrows[results["metrics"][m]]} @{step}' for step, m in metric_cols] + [
+      'steps', 'train FLOPs', 's/run']
   lines = [f'# {results["study"]} study: mean ± std over seeds', '',
            f'Base `{results["base_config"]}`, scale `{results["scale"]["name"]}` '
            f'({results["scale"]["what"]}); {s["steps"]} steps; metrics at steps '
            f'{", ".join(steps)}; {s["samples"]} samples per generation metric. '
            f'Std: {results["std"]}. s/run: mean wall seconds of a run, compile and '
-           f'evaluation included. n/a: not measured. {results["metrics_note"]}', '',
+           f'evaluation included. train FLOPs: analytic model FLOPs of the whole run '
+           f'(forward and backward). n/a: not measured. {results["metrics_note"]}', '',
+           *_budget_lines(results), '',
            f'Command: `{results["command"]}`', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name, v in results['variants'].items():
     walls = list(v['wall_seconds'].values())
     row = [f'`{name}`', str(len(v['seeds'])), f'{v["num_params"]:,}'] + [
         _cell(v['summary'][step][m]) for step, m in metric_cols] + [
-        f'{sum(walls) / len(walls):.0f}']
+        f'{v["steps"]:,}', _flops(v['training_flops']), f'{sum(walls) / len(walls):.0f}']
     lines.append('| ' + ' | '.join(row) + ' |')
   lines += [''] + [f'- `{name}`: {v["what"]}' for name, v in results['variants'].items()]
   lines += _paired_table(results, steps)
   return '\n'.join(lines) + '\n'
+
+
+def _flops(flops) -> str:
+  return 'n/a' if flops is None else f'{flops:.3g}'
+
+
+def _budget_lines(results: dict) -> list[str]:
+  if results['budget'] != 'flops':
+    return ['Equal steps: every variant trains the same steps and is scored at them.']
+  ref = results['reference']
+  lines = [f'Equal compute: every variant spends the training FLOPs that `{ref}` spends in '
+           f'{results["settings"]["steps"]} steps, so a cheaper one trains longer; a column '
+           f'@k is the compute of {ref}\'s step k. Each variant\'s own steps at the marks:']
+  for name, v in results['variants'].items():
+    own = ', '.join(str(v['eval_steps'][m]) for m in v['eval_steps'])
+    lines.append(f'`{name}` {own};')
+  return [' '.join(lines)]
 
 
 def _signed(stats: dict) -> str:
@@ -173,4 +217,5 @@ def write_report(study: Study, study_dir: str, saved_settings: dict, command: st
   results = collect(study, study_dir, saved_settings, command)
   write_json(os.path.join(study_dir, 'results.json'), results)
   files.write_text(os.path.join(study_dir, 'table.md'), table_markdown(results))
+  curves.write_curves(results, os.path.join(study_dir, 'curves.png'))
   return results

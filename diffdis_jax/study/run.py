@@ -1,10 +1,14 @@
-"""One run of a study (a variant at a seed) through the Trainer, scored at each `eval_at` step.
+"""One run of a study (a variant at a seed) through the Trainer, scored at each of its steps.
 
 The run trains to the first evaluation step with `Trainer.train(stop_at=k)` (which saves a
 checkpoint there), is scored, and continues from that checkpoint to the next step, and so
 on to the budget, where the Trainer's own final evaluation runs. Scores at an intermediate k
 are those of one run seen at step k, not of a run whose budget is k: the learning rate is
 constant after warm-up, but SD-DiT's teacher momentum follows a cosine over the whole budget.
+
+Scores are keyed by the study's marks (its --eval_at steps); at equal steps a mark is the
+run's own step, at equal compute (--budget=flops) the run's step of the same training FLOPs
+as the reference variant at that mark (`eval_steps` and `eval_flops` in the record say which).
 
 Each scored step is saved at once in <workdir>/study_run.json (atomically), so a killed run
 resumes where it stopped: scored steps are not redone, training continues from the newest
@@ -107,9 +111,16 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
   record['num_params'] = int(sum(np.prod(x.shape) for x in
                                  jax.tree.leaves(trainer.abstract_state.params)))
   record['hardware'] = hardware()
+  # the run's compute: its budget in steps and analytic model FLOPs (studies at equal compute
+  # give each variant its own steps), and for each mark the step and FLOPs it was scored at
+  record.update(budget=settings.budget, steps=run.config.total_steps,
+                batch_size=run.config.batch_size, train_flops_per_image=run.flops_per_image,
+                training_flops=run.training_flops(run.config.total_steps))
+  record.setdefault('eval_steps', {})
+  record.setdefault('eval_flops', {})
   write_json(record_path, record)
-  for step in settings.eval_at:
-    if str(step) in record['evals']:
+  for step, mark in zip(run.eval_at, run.marks):
+    if str(mark) in record['evals']:
       continue
     state = trainer.train(stop_at=step)
     if int(state.step) < step:
@@ -124,7 +135,9 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
                        f'{run.workdir} to run it again')
     scores = evaluate(trainer, state, step)
     now = time.perf_counter()
-    record['evals'][str(step)] = scores
+    record['evals'][str(mark)] = scores
+    record['eval_steps'][str(mark)] = step
+    record['eval_flops'][str(mark)] = run.training_flops(step)
     record['wall_seconds'] += now - t0
     record['compile_seconds'].append(round(trainer.compile_seconds, 2))
     record['load_average'].append(round(os.getloadavg()[0], 2))

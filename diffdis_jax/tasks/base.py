@@ -104,6 +104,12 @@ class Task(abc.ABC):
     del preview_fn, params
     return {}
 
+  def train_flops_per_image(self, model) -> Optional[float]:
+    """Analytic model FLOPs of one training image (forward and backward), the unit of
+    equal-compute comparisons; None where the method has no analytic count."""
+    del model
+    return None
+
   def eval_hooks(self, model, mesh) -> list:
     """Callables (step, ema_params, writer, jsonl) the loop runs after every step; each
     decides when it evaluates."""

@@ -25,6 +25,7 @@ from diffdis_jax.nn.dit import SDDiT
 from diffdis_jax.objectives import sddit as objective
 from diffdis_jax.tasks import base
 from diffdis_jax.tasks.sddit import checks
+from diffdis_jax.tasks.sddit.flops import sddit_flops
 
 
 METRIC_BATCH = 500  # samples per call of the sampler when scoring with the classifier
@@ -159,6 +160,9 @@ class SDDiTTask(base.Task):
     scores = metric.evaluate(np.concatenate(samples), jax.device_get(labels))
     logging.info('classifier metric on %d samples: %s', n, scores)
     return scores
+
+  def train_flops_per_image(self, model) -> float:
+    return sddit_flops(model, self.config)['train_flops_per_image']
 
   def eval_hooks(self, model, mesh) -> list:
     """FID of EMA samples every eval.fid_every steps, when configured."""
