@@ -97,11 +97,14 @@ def main(argv):
     plan.check_runs(runs, jax.device_count())
   except plan.StudyError as e:
     fail(str(e))
-  print(f'{settings.study} study, scale {settings.scale}: {len(runs)} runs of '
-        f'{settings.steps} steps, scored at steps {list(settings.eval_at)}', flush=True)
+  marks = list(settings.eval_at)
+  budget = (f'{settings.steps} steps, scored at steps {marks}' if settings.budget == 'steps'
+            else f'the training FLOPs of {settings.steps} {study.reference} steps, scored at '
+                 f'the FLOPs of its steps {marks}')
+  print(f'{settings.study} study, scale {settings.scale}: {len(runs)} runs of {budget}',
+        flush=True)
   if settings.budget == 'flops':
-    print(f'at the training FLOPs of {study.reference}\'s steps; each variant\'s own steps:',
-          flush=True)
+    print('each variant\'s own steps at those marks:', flush=True)
     for name, steps in dict((run.variant.name, run.eval_at) for run in runs).items():
       print(f'  {name}: {list(steps)}', flush=True)
   if _DRY_RUN.value:
