@@ -194,14 +194,15 @@ def plan(study: Study, settings: Settings, variants, seeds: int,
     reference_per_step = reference_fpi * reference.batch_size
   runs = []
   for v in variants:
-    fpi = flops_per_image(_build(study, settings, v.name, 0, settings.steps))
+    base = _build(study, settings, v.name, 0, settings.steps)
+    fpi = flops_per_image(base)
     marks = tuple(settings.eval_at)
     own = marks
     if reference_per_step is not None:
       if fpi is None:
         raise StudyError(f'--budget=flops: variant {v.name} has no analytic FLOP count')
-      per_step = fpi * _build(study, settings, v.name, 0, settings.steps).batch_size
-      own = tuple(equal_compute_steps(k, reference_per_step, per_step) for k in marks)
+      own = tuple(equal_compute_steps(k, reference_per_step, fpi * base.batch_size)
+                  for k in marks)
       if len(set(own)) < len(own):
         raise StudyError(f'--budget=flops: variant {v.name} would be scored twice at one step '
                          f'({list(own)} for the marks {list(marks)}); raise --steps')
