@@ -18,7 +18,10 @@ JSON line: step_s, images_per_s, compile_s, XLA's peak-memory estimate and FLOP 
 compiled step, the analytic model FLOPs per training image (bench/costs.py), the achieved
 model TFLOP/s and MFU against the device's bf16 peak (where bench/costs.py knows it), and
 `ratio_vs_torch`, ours / theirs in time per step (below 1: ours is faster). --sample adds
-EDM sampling images/s (18 Heun steps, guidance 1.5).
+EDM sampling images/s (Heun, --sample-steps steps (18), 2 x steps - 1 network evaluations,
+guidance 1.5); --sample-ddpm also times DiT's DDPM sampler beside it on the same model at the
+same step count and guidance (ancestral, learned variance, respacing 'steps', 3 guided
+channels: one evaluation a step; the model then has learn_sigma's 8 output channels).
 
 --method=diffdis: the DiffDis train step (generation + alignment pass) of the tiny demo UNet
 or SD 1.5's UNet (77 x 768 context, 768-d query), beside the generation-only baseline
@@ -31,6 +34,7 @@ times that generation-only step (and with --vs-torch its peer) alone.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import importlib.util
 import json
@@ -233,7 +237,7 @@ def bench_unet(args):
 
 
 def time_sampling(config, steps: int, warmup: int):
-  """Images/s of class-conditional EDM sampling (config.sample: Heun, steps, guidance)."""
+  """Images/s of class-conditional sampling with config.sample (EDM or DiT's DDPM)."""
   task = make_task(config)
   model = task.build_model()
   init_params = task.init_params
@@ -242,6 +246,25 @@ def time_sampling(config, steps: int, warmup: int):
   sample = jax.jit(make_sample_fn(model, config))
   seconds = _median_time(lambda: sample(params, batch['image'], batch['label']), steps, warmup)
   return config.batch_size / seconds
+
+
+def time_samplers(config, sample_steps: int, steps: int, warmup: int, ddpm: bool) -> dict:
+  """EDM (Heun) sampling, and with `ddpm` DiT's DDPM sampler, at the same model, step count
+  and guidance (1.5)."""
+  edm = copy.deepcopy(config)
+  edm.sample.steps, edm.sample.guidance = sample_steps, 1.5
+  edm_rate = time_sampling(edm, steps, warmup)
+  record = {'sample_images_per_s': round(edm_rate, 3), 'sample_steps': sample_steps,
+            'sample_guidance': 1.5, 'sample_evals': 2 * sample_steps - 1}
+  if ddpm:
+    dit = apply_overrides(copy.deepcopy(edm), {
+        'model.learn_sigma': True, 'sample.parameterization': 'ddpm',
+        'sample.solver': 'ancestral', 'sample.respacing': str(sample_steps),
+        'sample.guidance_channels': 3})
+    rate = time_sampling(dit, steps, warmup)
+    record.update(ddpm_sample_images_per_s=round(rate, 3), ddpm_sample_evals=sample_steps,
+                  ddpm_over_edm_images_per_s=round(rate / edm_rate, 3))
+  return record
 
 
 def _flag_fields(args) -> dict:
@@ -302,7 +325,12 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
   parser.add_argument('--mask-ratio', type=float, default=None,
                       help="sddit: sddit.mask_ratio (default: the config's, 0.2)")
   parser.add_argument('--sample', action='store_true',
-                      help='dit/sddit: also time EDM sampling (18 Heun steps, guidance 1.5)')
+                      help='dit/sddit: also time EDM sampling (Heun, guidance 1.5)')
+  parser.add_argument('--sample-ddpm', action='store_true',
+                      help="dit/sddit: --sample and DiT's DDPM sampler beside it, at the same "
+                           'model, step count and guidance')
+  parser.add_argument('--sample-steps', type=int, default=18,
+                      help='--sample, --sample-ddpm: steps of each sampler')
   parser.add_argument('--vs-torch', action='store_true')
   parser.add_argument('--xla-opt-level', type=int, default=-1,
                       help="XLA's backend optimisation level for our step (-1: its default; "
@@ -341,10 +369,9 @@ def main():
       'mfu': round(flops['train_flops_per_image'] * images_per_s / peak, 4) if peak else None,
       **machine,
   }
-  if args.sample:
-    config.sample.steps, config.sample.guidance = 18, 1.5
-    record.update(sample_images_per_s=round(time_sampling(config, args.steps, args.warmup), 3),
-                  sample_steps=18, sample_guidance=1.5)
+  if args.sample or args.sample_ddpm:
+    record.update(time_samplers(config, args.sample_steps, args.steps, args.warmup,
+                                ddpm=args.sample_ddpm))
   if args.vs_torch:
     record.update(_vs_torch(peers.dit_step(config, args.steps, args.warmup, args.dtype,
                                            args.optimizer), ours['step_s']))

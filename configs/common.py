@@ -98,9 +98,16 @@ def get_base_config() -> ml_collections.ConfigDict:
            grad_clip=0.0))
 
   config.sample = ml_collections.ConfigDict()
-  config.sample.solver = 'heun'
-  config.sample.steps = 40
+  # 'edm': the models trained here | 'ddpm': facebookresearch/DiT's released weights (epsilon,
+  # learned-range variance, respaced linear schedule; configs/dit_xl_official.py)
+  config.sample.parameterization = 'edm'
+  config.sample.solver = 'heun'      # edm: 'heun' | 'euler';  ddpm: 'ancestral' | 'ddim'
+  config.sample.steps = 40           # edm only; ddpm takes its steps from sample.respacing
+  config.sample.respacing = '250'    # ddpm: DiT's respacing, 'N', 'N1,N2,..' or 'ddimN'
   config.sample.guidance = 1.5       # 1: no guidance
+  # channels guided (the first N of the latent's; 0: all). DiT's sampler guides 3 of 4
+  # (docs/evaluation.md, "Sampling DiT's released weights")
+  config.sample.guidance_channels = 0
   config.sample.sigma_min = 0.002
   config.sample.sigma_max = 80.0
   config.sample.rho = 7.0

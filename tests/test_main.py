@@ -11,6 +11,7 @@ import safetensors.numpy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = '--config=configs/demo.py'
 VAE = '--config=configs/fmnist_vae.py'
+OFFICIAL = '--config=configs/dit_xl_official.py'
 
 # (arguments, words the one line must contain)
 BAD_INPUTS = [
@@ -57,6 +58,11 @@ BAD_INPUTS = [
       '--config.data.vae_path=/no/such/vae'], 'data.vae_path'),
     (['--config=configs/fmnist_sddit.py', '--config.data.dir={files}'],
      'holds no dataset_info.json'),
+    ([DEMO, '--config.sample.parameterization=ddim'], 'sample.parameterization'),
+    ([DEMO, '--config.sample.guidance_channels=2'], 'sample.guidance_channels'),  # 1 channel
+    ([OFFICIAL], "training here is EDM's"),  # DiT's released weights sample, never train
+    ([OFFICIAL, '--config.sample.respacing=ddim999'], 'sample.respacing'),
+    ([OFFICIAL, '--config.sample.solver=heun'], 'sample.solver'),
 ]
 
 

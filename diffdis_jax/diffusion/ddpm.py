@@ -1,4 +1,6 @@
-"""Discrete-time DDPM/DDIM math (Stable Diffusion's schedule): pure functions, no models.
+"""Discrete-time DDPM/DDIM math: pure functions, no models. Stable Diffusion's schedule
+(DiffDis) first; facebookresearch/DiT's respaced, learned-variance DDPM (its released
+weights) at the end.
 
 Timesteps are integer indices 0 .. T-1 into `alphas_cumprod`, as in diffusers; the UNet's time
 embedding receives the same index. `scale` multiplies the clean signal in the forward process
@@ -7,7 +9,7 @@ the samplers work on the state x_t, whose clean end is scale * x_0.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +133,171 @@ def guided(cond, uncond, scale: float):
   The paper's (1 + w) * cond - w * uncond is scale = 1 + w.
   """
   return uncond + scale * (cond - uncond)
+
+
+# ------------------------------------------------------------------ DiT's learned-variance DDPM
+#
+# facebookresearch/DiT (after ADM's improved DDPM) trains on a linear beta schedule of 1,000
+# steps, predicts epsilon in its first C output channels and, in the other C, a value v in
+# [-1, 1] that interpolates the log-variance between the posterior's (the smallest sensible
+# one) and beta (the largest): the "learned range". It samples on a *respaced* schedule: K of
+# the T steps, whose betas are recomputed so that the kept steps keep their alphas_cumprod.
+# The model still sees the original step index. Below, a schedule's arrays are float64 numpy
+# constants (as DiT builds them) read into float32 at the steps used (as DiT's extraction
+# does); t always indexes the respaced steps 0 .. K-1.
+
+RESPACED_SOLVERS = ('ancestral', 'ddim')
+
+
+class Schedule(NamedTuple):
+  """A (respaced) DDPM schedule; every array has one entry per kept step, ascending."""
+  timesteps: np.ndarray             # int64 (K,): the original step index the model is given
+  betas: np.ndarray                 # float64 (K,): 1 - abar_k / abar_{k-1} of the kept steps
+  alphas_cumprod: np.ndarray
+  alphas_cumprod_prev: np.ndarray   # abar of the step before (1 before the first)
+  posterior_log_variance: np.ndarray  # log q(x_{k-1} | x_k, x_0)'s variance, first entry
+                                      # replaced by the second's (it is 0 there)
+  posterior_mean_coef_x0: np.ndarray
+  posterior_mean_coef_xt: np.ndarray
+
+
+def space_timesteps(num_timesteps: int, respacing: str) -> np.ndarray:
+  """The kept original steps (ascending int64) of DiT's respacing strings.
+
+  '' keeps all; 'ddimN' takes every s-th step from 0 for the integer stride s giving exactly
+  N steps; 'N' (or 'N1,N2,...') splits 0 .. T-1 into equal sections and takes N_i steps evenly
+  spaced over section i, both ends included, rounding the fractional positions as Python
+  does (half to even), so '250' keeps DiT's very steps.
+  """
+  T = num_timesteps
+  if not respacing:
+    return np.arange(T, dtype=np.int64)
+  if respacing.startswith('ddim'):
+    count = _positive(respacing[len('ddim'):], respacing)
+    for stride in range(1, T + 1):  # DiT stops at T - 1, which refuses 'ddim1'
+      if len(range(0, T, stride)) == count:
+        return np.arange(0, T, stride, dtype=np.int64)
+    raise ValueError(f'respacing {respacing!r}: no integer stride gives exactly {count} of '
+                     f'{T} steps')
+  counts = [_positive(part, respacing) for part in respacing.split(',')]
+  size, extra = divmod(T, len(counts))
+  if size == 0:
+    raise ValueError(f'respacing {respacing!r} has more sections than the {T} steps')
+  steps, start = [], 0
+  for i, count in enumerate(counts):
+    section = size + (1 if i < extra else 0)
+    if count > section:
+      raise ValueError(f'respacing {respacing!r}: {count} steps do not fit a section of '
+                       f'{section}')
+    stride = 1.0 if count <= 1 else (section - 1) / (count - 1)
+    steps += [start + round(j * stride) for j in range(count)]
+    start += section
+  return np.asarray(sorted(set(steps)), np.int64)
+
+
+def _positive(text: str, respacing: str) -> int:
+  if not text.strip().isdigit() or int(text) < 1:
+    raise ValueError(f"respacing {respacing!r}: expected '', 'N', 'N1,N2,...' or 'ddimN' "
+                     'with positive integers N')
+  return int(text)
+
+
+def respaced_schedule(respacing: str, num_timesteps: int = 1000) -> Schedule:
+  """DiT's schedule (linear betas 1e-4 .. 0.02 at T = 1000, scaled by 1000 / T otherwise, as
+  its `get_named_beta_schedule`) respaced to the steps `respacing` keeps, e.g. '250' (the
+  paper's FID-50K sampler) or 'ddim25'."""
+  scale = 1000 / num_timesteps
+  full = np.cumprod(1.0 - betas(num_timesteps, scale * 1e-4, scale * 0.02, 'linear'))
+  kept = space_timesteps(num_timesteps, respacing)
+  abar = full[kept]
+  abar_prev = np.concatenate([[1.0], abar[:-1]])
+  beta = 1.0 - abar / abar_prev
+  posterior_variance = beta * (1.0 - abar_prev) / (1.0 - abar)
+  # the first step's posterior variance is 0 (x_0 is determined): its log would be -inf, so
+  # DiT uses the next step's there; a single-step schedule has no next step and keeps beta's
+  clipped = np.concatenate([posterior_variance[1:2] if len(kept) > 1 else beta[:1],
+                            posterior_variance[1:]])
+  return Schedule(timesteps=kept, betas=beta, alphas_cumprod=abar, alphas_cumprod_prev=abar_prev,
+                  posterior_log_variance=np.log(clipped),
+                  posterior_mean_coef_x0=beta * np.sqrt(abar_prev) / (1.0 - abar),
+                  posterior_mean_coef_xt=(1.0 - abar_prev) * np.sqrt(1.0 - beta) / (1.0 - abar))
+
+
+def _at(array: np.ndarray, t, like):
+  """array[t] as float32, broadcast against `like` (batch, ...)."""
+  return _expand(jnp.asarray(array, jnp.float32)[t], like)
+
+
+def split_learned_range(model_output):
+  """(eps, v) of an NHWC output of 2C channels: epsilon, then the variance interpolation."""
+  return jnp.split(model_output.astype(jnp.float32), 2, axis=-1)
+
+
+def predict_x0(schedule: Schedule, eps, x_t, t):
+  """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), at respaced steps t (batch,)."""
+  abar = _at(schedule.alphas_cumprod, t, x_t)
+  return (x_t.astype(jnp.float32) - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+
+
+def p_mean_variance(schedule: Schedule, model_output, x_t, t):
+  """(mean, log-variance) of p(x_{t-1} | x_t) for DiT's learned-range output.
+
+  `model_output` is NHWC with twice the channels of x_t (epsilon, then v in [-1, 1]); t
+  (batch,) indexes the respaced steps. The mean is the posterior q(x_{t-1} | x_t, x0) at the
+  predicted x0 (unclipped, as DiT samples latents); the log-variance is
+  (v + 1) / 2 * log(beta_t) + (1 - v) / 2 * log(posterior variance_t). Both float32.
+  """
+  eps, v = split_learned_range(model_output)
+  x_t = x_t.astype(jnp.float32)
+  frac = (v + 1.0) / 2.0
+  max_log = _at(np.log(schedule.betas), t, x_t)
+  min_log = _at(schedule.posterior_log_variance, t, x_t)
+  log_variance = frac * max_log + (1.0 - frac) * min_log
+  x0 = predict_x0(schedule, eps, x_t, t)
+  mean = (_at(schedule.posterior_mean_coef_x0, t, x_t) * x0
+          + _at(schedule.posterior_mean_coef_xt, t, x_t) * x_t)
+  return mean, log_variance
+
+
+def ancestral_step(schedule: Schedule, model_output, x_t, t, noise):
+  """x_{t-1} = mean + exp(log-variance / 2) * noise, with no noise at the last step (t = 0)."""
+  mean, log_variance = p_mean_variance(schedule, model_output, x_t, t)
+  return mean + _expand((t != 0).astype(jnp.float32), x_t) * jnp.exp(0.5 * log_variance) * noise
+
+
+def learned_ddim_step(schedule: Schedule, model_output, x_t, t):
+  """Deterministic DDIM (eta 0) on the respaced schedule from the output's epsilon (the
+  variance half is unused); t = 0 goes to abar = 1, i.e. returns the x0 estimate."""
+  eps, _ = split_learned_range(model_output)
+  x0 = predict_x0(schedule, eps, x_t, t)
+  return ddim_step(x0, eps, _at(schedule.alphas_cumprod_prev, t, x_t))
+
+
+# model_fn(x_t, timesteps) -> NHWC output of 2C channels; timesteps are the original int32
+# step indices (batch,), i.e. schedule.timesteps at the respaced step
+LearnedRangeFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def sample_learned_range(model_fn: LearnedRangeFn, x_T, schedule: Schedule, keys,
+                         solver: str = 'ancestral') -> jax.Array:
+  """DiT's sampling loop: from x_T down every respaced step to x_0, as one lax.scan.
+
+  `keys` (batch,) are per-sample PRNG keys; the ancestral noise of sample b at respaced step
+  t is normal(fold_in(keys[b], t)), so a sample does not depend on the batch it runs in.
+  """
+  if solver not in RESPACED_SOLVERS:
+    raise ValueError(f'solver must be one of {RESPACED_SOLVERS}, got {solver!r}')
+  batch, shape = x_T.shape[0], x_T.shape[1:]
+  model_steps = jnp.asarray(schedule.timesteps, jnp.int32)
+
+  def body(x, t):
+    ts = jnp.full((batch,), t, jnp.int32)
+    out = model_fn(x, model_steps[ts])
+    if solver == 'ddim':
+      return learned_ddim_step(schedule, out, x, ts), None
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), shape))(keys)
+    return ancestral_step(schedule, out, x, ts, noise), None
+
+  steps = jnp.arange(len(schedule.timesteps) - 1, -1, -1, dtype=jnp.int32)
+  x, _ = jax.lax.scan(body, x_T.astype(jnp.float32), steps)
+  return x

@@ -13,11 +13,16 @@ Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 SOLVERS = ('heun', 'euler')
 
 
-def classifier_free_guidance(denoise_fn, labels, null_label: int, scale: float) -> Denoiser:
+def classifier_free_guidance(denoise_fn, labels, null_label: int, scale: float,
+                             channels: int = 0) -> Denoiser:
   """D_u + scale (D_c - D_u), the guided denoiser of `denoise_fn(x, sigma, labels)`.
 
   The conditional and unconditional halves run as one batch of twice the size. scale 1 is the
-  conditional model alone, with no extra evaluation.
+  conditional model alone, with no extra evaluation. `channels` > 0 guides only the output's
+  first `channels` channels (last axis) and takes the rest from the conditional half, as
+  facebookresearch/DiT's `forward_with_cfg` does (3 of the 4 latent channels, and the learned
+  variance is the conditional one); 0 guides every channel. `sigma` may be any per-sample
+  input of the model, e.g. a DDPM timestep.
   """
   if scale == 1.0:
     return lambda x, sigma: denoise_fn(x, sigma, labels)
@@ -26,7 +31,10 @@ def classifier_free_guidance(denoise_fn, labels, null_label: int, scale: float) 
   def fn(x, sigma):
     d = denoise_fn(jnp.concatenate([x, x]), jnp.concatenate([sigma, sigma]), both_labels)
     d_c, d_u = jnp.split(d, 2)
-    return d_u + scale * (d_c - d_u)
+    guided = d_u + scale * (d_c - d_u)
+    if channels:
+      guided = jnp.concatenate([guided[..., :channels], d_c[..., channels:]], axis=-1)
+    return guided
   return fn
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from diffdis_jax.core import files
+from diffdis_jax.diffusion import ddpm
 from diffdis_jax.eval import fid
 from diffdis_jax.eval.sample import decode_latents
 from diffdis_jax.eval.sddit_sampler import make_sample_fn
@@ -158,10 +159,15 @@ def merge_parts(output: str, num_samples: int, count: int) -> str:
 
 
 def sampler_settings(config) -> dict:
+  """What makes the samples what they are (FID changes with each), for the sidecar."""
   s = config.sample
-  return {'solver': s.solver, 'steps': s.steps, 'guidance': s.guidance,
-          'sigma_min': s.sigma_min, 'sigma_max': s.sigma_max, 'rho': s.rho,
-          'labels': s.labels, 'seed': s.seed, 'vae': s.vae or None}
+  shared = {'parameterization': s.parameterization, 'solver': s.solver,
+            'guidance': s.guidance, 'guidance_channels': s.guidance_channels or 'all',
+            'labels': s.labels, 'seed': s.seed, 'vae': s.vae or config.data.vae_path or None}
+  if s.parameterization == 'ddpm':
+    return dict(shared, respacing=s.respacing,
+                steps=len(ddpm.respaced_schedule(s.respacing).timesteps))
+  return dict(shared, steps=s.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
 
 
 def recorded_settings(config, npz_path: str) -> dict:

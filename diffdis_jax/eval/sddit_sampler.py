@@ -1,17 +1,29 @@
-"""SD-DiT's class-conditional sampler (EDM with classifier-free guidance) and its grids."""
+"""SD-DiT's class-conditional sampler and its grids.
+
+`sample.parameterization` picks the sampler: 'edm' (the models trained here: EDM's Heun or
+Euler with classifier-free guidance) or 'ddpm' (facebookresearch/DiT's released weights:
+epsilon and learned-range variance on a respaced linear schedule, ancestral or DDIM).
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.diffusion import edm, samplers
+from diffdis_jax.diffusion import ddpm, edm, samplers
 from diffdis_jax.eval.sample import to_grid
+
+PARAMETERIZATIONS = ('edm', 'ddpm')
 
 
 def make_sample_fn(model, config):
   """sample(params, noise, labels) -> NHWC samples in data space (no mask at inference)."""
   s = config.sample
+  if s.parameterization == 'ddpm':
+    return _make_ddpm_sample_fn(model, config)
+  if s.parameterization != 'edm':
+    raise ValueError(f'sample.parameterization must be one of {PARAMETERIZATIONS}, got '
+                     f'{s.parameterization!r}')
 
   def sample(params, noise, labels):
     def denoise(x, sigma, y):
@@ -19,9 +31,40 @@ def make_sample_fn(model, config):
       return edm.denoise(net, x, sigma, config.edm.sigma_data)
 
     denoiser = samplers.classifier_free_guidance(denoise, labels, model.num_classes,
-                                                 s.guidance)
+                                                 s.guidance, s.guidance_channels)
     return samplers.edm_sample(denoiser, noise, num_steps=s.steps, sigma_min=s.sigma_min,
                                sigma_max=s.sigma_max, rho=s.rho, solver=s.solver)
+  return sample
+
+
+def noise_keys(noise):
+  """One PRNG key per sample, made from the bits of its starting noise.
+
+  The ancestral sampler draws fresh noise at every step; keying it by the sample's own start
+  keeps what eval/sample_npz.py promises (a sample depends on its index only, not on the
+  batch or the devices it ran on) without another argument through every caller.
+  """
+  flat = noise.reshape(noise.shape[0], -1)[:, :2].astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+  base = jax.random.PRNGKey(0)
+  return jax.vmap(lambda b: jax.random.fold_in(jax.random.fold_in(base, b[0]), b[-1]))(bits)
+
+
+def _make_ddpm_sample_fn(model, config):
+  """DiT's sampler (its sample.py / sample_ddp.py): the model sees the original step index
+  as a float, guidance as its forward_with_cfg (sample.guidance_channels), no clipping."""
+  s = config.sample
+  schedule = ddpm.respaced_schedule(s.respacing)
+
+  def sample(params, noise, labels):
+    def net(x, timesteps, y):
+      return model.apply({'params': params}, x, timesteps.astype(jnp.float32), y)
+
+    # the output is epsilon then variance: "all" channels are epsilon's, never the variance
+    model_fn = samplers.classifier_free_guidance(net, labels, model.num_classes, s.guidance,
+                                                 s.guidance_channels or model.in_channels)
+    return ddpm.sample_learned_range(model_fn, noise, schedule, noise_keys(noise),
+                                     solver=s.solver)
   return sample
 
 

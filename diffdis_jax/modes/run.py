@@ -13,6 +13,7 @@ method is asked of the task.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from diffdis_jax.modes import extract_latents
@@ -41,7 +42,17 @@ def grid(trainer: Trainer) -> str:
 
 
 def sample(trainer: Trainer) -> str:
-  return trainer.task.write_samples(trainer.model, trainer.mesh, trainer.restore_latest())
+  """The latest checkpoint's samples; a workdir without one samples the fresh state where the
+  task loads complete pretrained weights into it (SD-DiT's init.dit_weights, e.g.
+  configs/dit_xl_official.py): released weights are sampled without a training run."""
+  try:
+    state = trainer.restore_latest()
+  except FileNotFoundError:
+    if not trainer.task.samples_without_checkpoint():
+      raise
+    logging.info('no checkpoint in %s: sampling the pretrained weights', trainer.workdir)
+    state = trainer.init_state()
+  return trainer.task.write_samples(trainer.model, trainer.mesh, state)
 
 
 def evaluate(trainer: Trainer) -> dict:

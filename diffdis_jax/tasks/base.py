@@ -118,6 +118,11 @@ class Task(abc.ABC):
 
   # ------------------------------------------------------------------ run modes
 
+  def samples_without_checkpoint(self) -> bool:
+    """Whether --mode=sample in a workdir without a checkpoint samples the fresh state, i.e.
+    pretrained weights that `finish_init` loads as they are (SD-DiT: DiT's released ones)."""
+    return False
+
   def write_samples(self, model, mesh, state) -> str:
     """--mode=sample: samples of the state's EMA params to a file; returns its path."""
     raise NotImplementedError(f'method={self.name} has no --mode=sample')

@@ -13,10 +13,12 @@ from diffdis_jax.core.checks import (ConfigError, check, existing_file, has_chec
 from diffdis_jax.core.spaces import is_pixel_space
 from diffdis_jax.data import fashion_mnist
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
+from diffdis_jax.diffusion.ddpm import RESPACED_SOLVERS, respaced_schedule
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
 from diffdis_jax.diffusion.samplers import SOLVERS
 from diffdis_jax.eval.image_set_metrics import image_set, images_dir
 from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
+from diffdis_jax.eval.sddit_sampler import PARAMETERIZATIONS
 from diffdis_jax.nn.dit import DECODER_MODES, INFILLS, parse_dit_name
 from diffdis_jax.objectives.sddit import GEN_LOSS_TOKENS
 from diffdis_jax.parallel import mesh as mesh_lib
@@ -58,8 +60,33 @@ def check_objective(config):
   one_of(s.gen_loss_tokens, GEN_LOSS_TOKENS, 'sddit.gen_loss_tokens')
   check(not (s.gen_loss_tokens == 'visible' and s.mask_ratio == 0 and s.masked_recon_weight),
         'sddit.masked_recon_weight needs a mask: set sddit.mask_ratio > 0')
-  one_of(config.sample.solver, SOLVERS, 'sample.solver')
-  check(config.sample.steps >= 1, 'sample.steps must be >= 1')
+  check_sampler(config)
+
+
+def check_sampler(config):
+  """The sampler's parameterization, solver, respacing and guided channels fit the model."""
+  s, m = config.sample, config.model
+  one_of(s.parameterization, PARAMETERIZATIONS, 'sample.parameterization')
+  channels = s.guidance_channels
+  check(isinstance(channels, int) and 0 <= channels <= m.in_channels,
+        f'sample.guidance_channels={channels!r} must be an integer from 0 (all) to '
+        f'model.in_channels={m.in_channels}')
+  if s.parameterization == 'edm':
+    one_of(s.solver, SOLVERS, 'sample.solver')
+    check(s.steps >= 1, 'sample.steps must be >= 1')
+    check(not m.learn_sigma, "model.learn_sigma=True adds variance channels that EDM does not "
+                             "use; pass --config.model.learn_sigma=False, or "
+                             "--config.sample.parameterization=ddpm for DiT's weights")
+    return
+  check(s.solver in RESPACED_SOLVERS,
+        f"sample.solver={s.solver!r} is not one of {list(RESPACED_SOLVERS)} (the samplers of "
+        "sample.parameterization='ddpm'); pass --config.sample.solver=ancestral")
+  check(m.learn_sigma, "sample.parameterization='ddpm' samples DiT's learned-variance "
+                       "weights, which need --config.model.learn_sigma=True")
+  try:
+    respaced_schedule(s.respacing)
+  except ValueError as err:
+    raise ConfigError(f'sample.respacing: {err}') from None
 
 
 def check_data(config):
@@ -71,13 +98,25 @@ def check_data(config):
           'model.input_size=data.image_size')
     if config.data.name == 'fashion_mnist':
       fashion_mnist.check_dir(config.data.dir)
+
+
+def check_latents(config, mode: str):
+  """Latent data: the extracted set, which only training reads (so DiT's released weights
+  sample without ImageNet), then the VAE of the latents."""
+  if config.data.name != 'latents':
     return
+  if mode == 'train':
+    check_training_data(config)
+  check_latent_vae(config)
+
+
+def check_training_data(config):
+  """The extracted latent set in data.dir, which training reads."""
   check(bool(config.data.dir) and os.path.isdir(config.data.dir),
         f'dataset {config.data.name} not found at data.dir={config.data.dir!r}; prepare it with '
         '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
         '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
   check_latent_set(config)
-  check_latent_vae(config)
 
 
 def check_latent_vae(config):
@@ -151,6 +190,25 @@ def check_dit_weights(config):
                    f'{m.in_channels} channels, {m.num_classes} classes): {"; ".join(wrong)}')
 
 
+def check_released_dit(config):
+  """init.dit_weights sampled as they are: every parameter the sampler uses must come from
+  the file (DiT's layout: the stack's own blocks decode; its output channels) under DiT's
+  sampler. (A teacher's projection head stays fresh, but sampling never runs it.)"""
+  m, path = config.model, config.init.dit_weights
+  _, width, _, patch = dit_sizes(m)
+  check(m.decoder_mode == 'split' and config.sample.parameterization == 'ddpm',
+        f'no checkpoint in the workdir, and init.dit_weights={path!r} fills only part of this '
+        "model or needs sample.parameterization='ddpm': sample DiT's released weights with "
+        'configs/dit_xl_official.py, or train first')
+  with safe_open(path, framework='numpy') as f:  # check_dit_weights has read this header
+    got = tuple(f.get_slice('final_layer.linear.weight').get_shape()) if \
+        'final_layer.linear.weight' in f.keys() else None
+  want = (patch * patch * m.in_channels * (2 if m.learn_sigma else 1), width)
+  check(got == want, f'init.dit_weights={path!r}: final_layer.linear.weight is {got}, the '
+                     f'model needs {want}; DiT\'s released weights learn sigma '
+                     '(model.learn_sigma=True)')
+
+
 def check_config(config):
   for part in (check_model, check_objective, check_data, check_dit_weights):
     part(config)
@@ -162,12 +220,14 @@ def check_config(config):
 def _check_vae(config):
   if is_pixel_space(config.model.in_channels):
     return
-  path = config.sample.vae
+  # the task decodes with sample.vae, else data.vae_path (the VAE of the latents)
+  path = config.sample.vae or config.data.vae_path
+  field = 'sample.vae' if config.sample.vae else 'data.vae_path'
   check(bool(path), f'model.in_channels={config.model.in_channels}: latent samples need a VAE '
                     'decoder; pass --config.sample.vae=DIR (a diffusers AutoencoderKL folder)')
   for name in ('config.json', 'diffusion_pytorch_model.safetensors'):
     check(os.path.isfile(os.path.join(path, name)),
-          f'sample.vae={path!r} holds no {name}; pass a diffusers AutoencoderKL folder '
+          f'{field}={path!r} holds no {name}; pass a diffusers AutoencoderKL folder '
           '(see docs/weights.md)')
 
 
@@ -188,11 +248,21 @@ def check_mode(config, mode: str, workdir: str, num_devices):
   weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
   ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'
   fid_in_training = mode == 'train' and ev.fid_every > 0
+  if mode == 'train':
+    check(s.parameterization == 'edm',
+          f"sample.parameterization={s.parameterization!r} samples DiT's released weights; "
+          "training here is EDM's: pass --config.sample.parameterization=edm to train")
+  check_latents(config, mode)
   if mode == 'sample' or fid_in_training:
     _check_sampling(config, num_devices)
   if mode == 'sample':
     check(s.num_samples > 0, f'sample.num_samples must be positive, got {s.num_samples}')
-    has_checkpoint(workdir)
+    try:
+      has_checkpoint(workdir)
+    except ConfigError:
+      if not config.init.dit_weights:
+        raise
+      check_released_dit(config)  # a workdir without a checkpoint samples these weights
     output = default_output(config, workdir)
     check(not os.path.exists(output), f'{output} exists and would be overwritten; remove it or '
                                       'pass --config.sample.output=PATH')

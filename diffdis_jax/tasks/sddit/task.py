@@ -192,6 +192,9 @@ class SDDiTTask(base.Task):
                        f'the data by data.latent_scale={config.data.latent_scale}')
     return vae, vae_params
 
+  def samples_without_checkpoint(self) -> bool:
+    return bool(self.config.init.dit_weights)  # checks.check_released_dit: a complete load
+
   def write_samples(self, model, mesh, state) -> str:
     """`sample.num_samples` class-conditional samples of the EMA params, ADM's .npz format."""
     config = self.config
@@ -201,6 +204,7 @@ class SDDiTTask(base.Task):
         num_samples=config.sample.num_samples, batch_size=config.sample.batch_size, vae=vae,
         vae_params=vae_params,
         extra_settings={'checkpoint_step': int(state.step),
+                        'init_dit_weights': config.init.dit_weights or None,
                         'workdir': os.path.abspath(self.workdir), 'model': config.model.name,
                         'method': config.method})
 
