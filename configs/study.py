@@ -82,7 +82,8 @@ FMNIST_STUDY_STEPS = 1000
 # the recipe's tuned teacher and guidance (configs/fmnist_sddit.py) back to the defaults the
 # study compares from: its `sddit` is SD-DiT as the paper notes read it
 FMNIST_STUDY_DEFAULTS = {'sddit.teacher_sigma': 'karras_next', 'sample.guidance': 1.5}
-FMNIST_CPU = {**FMNIST_STUDY_DEFAULTS,'model.width': 96, 'model.num_heads': 4, 'model.depth': 4,
+FMNIST_CPU = {**FMNIST_STUDY_DEFAULTS,
+              'model.width': 96, 'model.num_heads': 4, 'model.depth': 4,
               'model.decoder_depth': 2, 'model.decoder_width': 96, 'model.decoder_heads': 4,
               'model.head': dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3),
               'batch_size': 32, 'optim.lr': 1e-3, 'optim.warmup_steps': 100,
@@ -123,7 +124,8 @@ STUDIES = {
             'gpu': Scale(
                 'DiT-S widths on the same latents: 12+4 blocks of width 384, batch 256',
                 steps=20_000, eval_fractions=(0.25, 0.5, 1.0), samples=10_000, overrides={
-                    **FMNIST_STUDY_DEFAULTS, 'model.width': 384, 'model.depth': 12, 'model.num_heads': 6,
+                    **FMNIST_STUDY_DEFAULTS,
+                    'model.width': 384, 'model.depth': 12, 'model.num_heads': 6,
                     'model.decoder_depth': 4, 'model.decoder_width': 384,
                     'model.decoder_heads': 6, 'batch_size': 256, 'optim.lr': 3e-4,
                     'checkpoint_every': 5000, 'sample_every': 5000, 'sample.steps': 40}),

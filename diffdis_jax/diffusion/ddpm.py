@@ -147,6 +147,7 @@ def guided(cond, uncond, scale: float):
 # does); t always indexes the respaced steps 0 .. K-1.
 
 RESPACED_SOLVERS = ('ancestral', 'ddim')
+NUM_TIMESTEPS = 1000   # DiT's training schedule
 
 
 class Schedule(NamedTuple):
@@ -202,7 +203,7 @@ def _positive(text: str, respacing: str) -> int:
   return int(text)
 
 
-def respaced_schedule(respacing: str, num_timesteps: int = 1000) -> Schedule:
+def respaced_schedule(respacing: str, num_timesteps: int = NUM_TIMESTEPS) -> Schedule:
   """DiT's schedule (linear betas 1e-4 .. 0.02 at T = 1000, scaled by 1000 / T otherwise, as
   its `get_named_beta_schedule`) respaced to the steps `respacing` keeps, e.g. '250' (the
   paper's FID-50K sampler) or 'ddim25'."""

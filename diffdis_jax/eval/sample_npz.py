@@ -166,7 +166,7 @@ def sampler_settings(config) -> dict:
             'labels': s.labels, 'seed': s.seed, 'vae': s.vae or config.data.vae_path or None}
   if s.parameterization == 'ddpm':
     return dict(shared, respacing=s.respacing,
-                steps=len(ddpm.respaced_schedule(s.respacing).timesteps))
+                steps=len(ddpm.space_timesteps(ddpm.NUM_TIMESTEPS, s.respacing)))
   return dict(shared, steps=s.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
 
 

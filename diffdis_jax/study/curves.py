@@ -46,6 +46,7 @@ def write_curves(results: dict, path: str) -> dict:
     for col, (x_name, x_label) in enumerate((('steps', 'training steps'),
                                              ('flops', 'training FLOPs (analytic, model)'))):
       ax = axes[row][col]
+      names = []
       for i, (name, v) in enumerate(variants.items()):
         data = series(v, metric)
         if data is None:
@@ -57,13 +58,14 @@ def write_curves(results: dict, path: str) -> dict:
         label = f'{name} (n={len(v["seeds"])})'
         ax.plot(x, mean, marker='o', color=colors(i % 10), label=label)
         ax.fill_between(x, mean - std, mean + std, color=colors(i % 10), alpha=0.18)
+        names.append(name)
       ax.set_xlabel(x_label)
       ax.set_ylabel(metric)
       title = f'{metric} ({BETTER[direction]}) against {x_label.split(" (")[0]}'
       ax.set_title(title, fontsize=10)
-      drawn[title] = [line.get_label().split(' (n=')[0] for line in ax.lines]
+      drawn[title] = names
       ax.grid(alpha=0.3)
-      if ax.lines:
+      if names:
         ax.legend(fontsize=8)
   budget = ('equal compute' if results.get('budget') == 'flops' else 'equal steps')
   fig.suptitle(f'{results["study"]} study, scale {results["scale"]["name"]}, {budget}: '

@@ -53,21 +53,22 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       continue
     steps = [str(s) for s in saved_settings['eval_at']]
     first = done[0]
+    variant_config = lambda: study.build_config(  # called within this iteration
+        saved_settings['scale'], v.name, first['seed'], int(steps[-1]), saved_settings['set'],
+        saved_settings['samples'])
     variants[v.name] = {
         'what': v.what,
-        'overrides': done[0]['overrides'],
+        'overrides': first['overrides'],
         'seeds': [r['seed'] for r in done],
-        'num_params': done[0].get('num_params'),
+        'num_params': first.get('num_params'),
         'per_seed': {str(r['seed']): r['evals'] for r in done},
         'summary': {step: {m: summarise([r['evals'].get(step, {}).get(m, ABSENT) for r in done])
                            for m in metrics} for step in steps},
         'wall_seconds': {str(r['seed']): round(r['wall_seconds'], 1) for r in done},
         'compile_seconds': {str(r['seed']): r['compile_seconds'] for r in done},
         'load_average': {str(r['seed']): r['load_average'] for r in done},
-        'hardware': done[0].get('hardware'),
-        **compute(first, steps, study.build_config(
-            saved_settings['scale'], v.name, first['seed'], int(steps[-1]),
-            saved_settings['set'], saved_settings['samples'])),
+        'hardware': first.get('hardware'),
+        **compute(first, steps, variant_config),
     }
   return {
       'study': study.name,
@@ -86,17 +87,18 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
   }
 
 
-def compute(record: dict, marks, config) -> dict:
+def compute(record: dict, marks, variant_config) -> dict:
   """A variant's training compute from its first seed's record (every seed trains the same):
   steps, analytic FLOPs per image and in all, and the step and FLOPs of each mark. Records
-  written before studies counted FLOPs ran at equal steps; their counts come from `config`,
-  the variant's config as the study builds it."""
+  written before studies counted FLOPs ran at equal steps; their counts come from
+  `variant_config()`, the variant's config as the study builds it (built only for those)."""
   if 'eval_steps' in record:
     return {'steps': record['steps'], 'batch_size': record['batch_size'],
             'train_flops_per_image': record['train_flops_per_image'],
             'training_flops': record['training_flops'],
             'eval_steps': {m: record['eval_steps'].get(m) for m in marks},
             'eval_flops': {m: record['eval_flops'].get(m) for m in marks}}
+  config = variant_config()
   fpi, batch = flops_per_image(config), config.batch_size
   total = lambda steps: None if fpi is None else float(steps) * batch * fpi
   return {'steps': config.total_steps, 'batch_size': batch, 'train_flops_per_image': fpi,

@@ -91,8 +91,10 @@ class AutoencoderTask(base.Task):
     recon, _ = preview_fn(params, images[firsts])
     return to_grid(np.concatenate([images[firsts], np.asarray(recon)]), cols=len(firsts))
 
-  def _reconstruct(self, preview_fn, params, images):
-    return np.concatenate([jax.device_get(preview_fn(params, images[i:i + EVAL_BATCH])[0])
+  @staticmethod
+  def _in_batches(fn, params, images) -> np.ndarray:
+    """fn(params, batch) over `images` in EVAL_BATCH slices, concatenated on the host."""
+    return np.concatenate([jax.device_get(fn(params, images[i:i + EVAL_BATCH]))
                            for i in range(0, len(images), EVAL_BATCH)])
 
   def final_eval(self, preview_fn, params) -> dict:
@@ -101,11 +103,9 @@ class AutoencoderTask(base.Task):
     train_images, _ = self._images('train', SCALE_IMAGES)
     model = self.build_model()
     encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode')[0])
-    train_means = np.concatenate([jax.device_get(encode(params, train_images[i:i + EVAL_BATCH]))
-                                  for i in range(0, len(train_images), EVAL_BATCH)])
-    scaling_factor = float(1.0 / train_means.std())
+    scaling_factor = float(1.0 / self._in_batches(encode, params, train_images).std())
     images, labels = self._images('test')
-    recon = self._reconstruct(preview_fn, params, images)
+    recon = self._in_batches(lambda p, x: preview_fn(p, x)[0], params, images)
     psnr = float(np.mean(jax.device_get(objective.psnr(jnp.asarray(images),
                                                        jnp.asarray(recon)))))
     metric = image_set_metrics.metric_for(config, self.workdir)

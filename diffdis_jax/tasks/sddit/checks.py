@@ -161,6 +161,12 @@ def check_latent_set(config):
         f'{side} --config.model.in_channels={channels}')
 
 
+def _weight_shapes(path: str) -> dict:
+  """{name: shape} of a safetensors file, from its header alone."""
+  with safe_open(path, framework='numpy') as f:
+    return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
 def check_dit_weights(config):
   """init.dit_weights, when set: a facebookresearch/DiT safetensors file whose shapes are the
   configured model's (only its header is read; pickles are refused, never unpickled)."""
@@ -173,8 +179,7 @@ def check_dit_weights(config):
         f'code); convert it to safetensors: {CONVERT_ONE_LINER}')
   check(os.path.isfile(path), f'{field}: no such file; pass --config.init.dit_weights=FILE')
   try:
-    with safe_open(path, framework='numpy') as f:  # reads the header only
-      shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    shapes = _weight_shapes(path)
   except Exception as err:  # pylint: disable=broad-except
     raise ConfigError(f'{field} is not a safetensors file ({type(err).__name__}); convert it: '
                       f'{CONVERT_ONE_LINER}') from None
@@ -200,9 +205,7 @@ def check_released_dit(config):
         f'no checkpoint in the workdir, and init.dit_weights={path!r} fills only part of this '
         "model or needs sample.parameterization='ddpm': sample DiT's released weights with "
         'configs/dit_xl_official.py, or train first')
-  with safe_open(path, framework='numpy') as f:  # check_dit_weights has read this header
-    got = tuple(f.get_slice('final_layer.linear.weight').get_shape()) if \
-        'final_layer.linear.weight' in f.keys() else None
+  got = _weight_shapes(path).get('final_layer.linear.weight')  # a valid file: check_config
   want = (patch * patch * m.in_channels * (2 if m.learn_sigma else 1), width)
   check(got == want, f'init.dit_weights={path!r}: final_layer.linear.weight is {got}, the '
                      f'model needs {want}; DiT\'s released weights learn sigma '
