@@ -3,6 +3,9 @@
 # make fmnist the ImageNet recipe in miniature on Fashion-MNIST: a VAE, its latents, a latent
 #             SD-DiT, samples and their scores, in workdirs/fmnist/ (each stage resumes or is
 #             skipped when done)
+# make demo-diffdis-fmnist  DiffDis on the Fashion-MNIST latents (the VAE and latents of
+#             make fmnist first, when missing): zero-shot with training and held-out prompts,
+#             retrieval and text-to-image scores, in workdirs/fmnist/diffdis/
 # make test   check the import layers (.importlinter), then run the test suite on 8 virtual
 #             CPU devices (creates .venv on first use)
 # make bench  run the CPU benchmarks
@@ -15,12 +18,12 @@ DEMO_DIFFDIS_DIR ?= workdirs/demo_diffdis
 FMNIST_DATA ?= /usr/share/datasets/fashion-mnist
 FMNIST_DIR ?= workdirs/fmnist
 MAIN := XLA_FLAGS= $(BIN)/python launch/main.py
-FMNIST_PATHS := --config.data.vae_path=$(FMNIST_DIR)/vae/diffusers \
-	--config.sample.vae=$(FMNIST_DIR)/vae/diffusers --config.data.dir=$(FMNIST_DIR)/latents \
-	--config.data.extract.source_dir=$(FMNIST_DATA) \
+FMNIST_DATA_PATHS := --config.data.vae_path=$(FMNIST_DIR)/vae/diffusers \
+	--config.data.dir=$(FMNIST_DIR)/latents --config.data.extract.source_dir=$(FMNIST_DATA) \
 	--config.eval.classifier_dir=$(FMNIST_DIR)/classifier
+FMNIST_PATHS := $(FMNIST_DATA_PATHS) --config.sample.vae=$(FMNIST_DIR)/vae/diffusers
 
-.PHONY: demo demo-diffdis fmnist fmnist-data test bench clean
+.PHONY: demo demo-diffdis demo-diffdis-fmnist fmnist fmnist-latents fmnist-data test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,12 +59,15 @@ fmnist-data:
 	  fi; \
 	fi
 
-fmnist: $(VENV)/.base fmnist-data
+# stages 1 and 2 of the recipe: the VAE (and the metric's classifier), then its latents
+fmnist-latents: $(VENV)/.base fmnist-data
 	@[ -f $(FMNIST_DIR)/vae/diffusers/config.json ] || $(MAIN) --config=configs/fmnist_vae.py \
 	  --workdir=$(FMNIST_DIR)/vae --config.data.dir=$(FMNIST_DATA) \
 	  --config.eval.classifier_dir=$(FMNIST_DIR)/classifier
 	@[ -f $(FMNIST_DIR)/latents/dataset_info.json ] || $(MAIN) --mode=extract_latents \
 	  --config=configs/fmnist_sddit.py --workdir=$(FMNIST_DIR)/latents $(FMNIST_PATHS)
+
+fmnist: fmnist-latents
 	@# trained, then scored once: from samples.npz (the end-of-training score would repeat it)
 	@[ -f $(FMNIST_DIR)/sddit/samples.npz ] || $(MAIN) --config=configs/fmnist_sddit.py \
 	  --workdir=$(FMNIST_DIR)/sddit --config.eval.metric_samples=0 $(FMNIST_PATHS)
@@ -72,6 +78,14 @@ fmnist: $(VENV)/.base fmnist-data
 	@echo "SD-DiT samples: $$(tr -d '\n ' < $(FMNIST_DIR)/sddit/eval.json | grep -o '"metrics":{[^}]*}' | tail -n 1)"
 	@echo "scores and settings: $(FMNIST_DIR)/sddit/eval.json"
 	@echo "sample grid: $$(ls -1 $(FMNIST_DIR)/sddit/samples/*.png | tail -n 1)"
+
+# trained and scored once: the end of training writes metrics.jsonl and eval.json
+demo-diffdis-fmnist: fmnist-latents
+	@[ -f $(FMNIST_DIR)/diffdis/eval.json ] || $(MAIN) --config=configs/fmnist_diffdis.py \
+	  --workdir=$(FMNIST_DIR)/diffdis $(FMNIST_DATA_PATHS)
+	@echo "test split: $$(tr -d '\n ' < $(FMNIST_DIR)/diffdis/eval.json | grep -o '"metrics":{[^}]*}')"
+	@echo "scores and settings: $(FMNIST_DIR)/diffdis/eval.json"
+	@echo "text-to-image grid: $$(ls -1 $(FMNIST_DIR)/diffdis/samples/*.png | tail -n 1)"
 
 test: $(VENV)/.test fmnist-data
 	$(BIN)/lint-imports

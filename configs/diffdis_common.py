@@ -108,9 +108,12 @@ def diffdis_eval() -> ml_collections.ConfigDict:
   # e.g. COCO's 5k test images with their 5 captions each; '' : none
   ev.retrieval_shards = ''
   ev.retrieval_max_pairs = 0      # captions read; 0: all
-  # captioned digits only: text-to-image samples of the class prompts scored at the end of
-  # training by the digits metric (fd_digits, sample_class_acc); 0: none
+  # captioned class sets only (digits, Fashion-MNIST): text-to-image samples of the class
+  # prompts scored at the end of training by the set's classifier metric (fd_digits or
+  # fd_fmnist, and sample_class_acc); 0: none
   ev.metric_samples = 0
+  ev.classifier_dir = ''          # where that classifier is cached; '' : in the workdir
+  ev.test_images = 0              # captioned Fashion-MNIST: test images scored; 0: all 10,000
   return ev
 
 

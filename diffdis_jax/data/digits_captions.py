@@ -2,11 +2,7 @@
 
 The DiffDis demo pairs each digit image with a caption drawn from several templates ("a
 handwritten digit seven", "the number 7", ...). Because the vocabulary is a few dozen words,
-the tokenizer is transformers' own `CLIPTokenizer` built from a vocab.json / merges.txt that
-this module writes: every word of the vocabulary is one token (its BPE merges spell it out
-letter by letter), and anything else falls back to single characters. Token ids 0 and 1 are
-<|startoftext|> and <|endoftext|> (also the padding), so `CLIPTextModel(eos_token_id=1)`
-pools at the first end-of-text token.
+the tokenizer is word-level (data/word_tokenizer.py): every word is one token.
 
     tok = build_tokenizer()                           # or build_tokenizer(folder) to keep files
     ids, mask = tokenize(tok, ['a handwritten digit seven'], max_length=MAX_LENGTH)
@@ -21,16 +17,14 @@ them in memory (`load_captioned_digits`), which is faster and exactly reproducib
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from diffdis_jax.data import captions
+from diffdis_jax.data import captions, word_tokenizer
 from diffdis_jax.data.digits import DIGIT_NAMES, NUM_CLASSES, load_digits
 
 # {name}: the digit's word ("seven"); {digit}: the numeral ("7")
@@ -46,10 +40,7 @@ TEMPLATES = (
 CLASS_TEMPLATES = ('a handwritten digit {}', 'the number {}', 'an image of the digit {}')
 CLASS_NAMES = DIGIT_NAMES
 MAX_LENGTH = 10          # <|startoftext|> + the longest caption (6 words) + <|endoftext|>, padded
-BOS, EOS = '<|startoftext|>', '<|endoftext|>'
-END_OF_WORD = '</w>'
-# characters any text may fall back to (lower-case: the tokenizer lower-cases first)
-FALLBACK_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789.,!?\'-'
+NAME = 'digits'
 
 
 def caption(label: int, template: int) -> str:
@@ -67,67 +58,29 @@ def sample_captions(labels, rng: np.random.Generator) -> list[str]:
   return [caption(int(c), int(t)) for c, t in zip(labels, templates)]
 
 
+def class_prompts(heldout: bool = False) -> list[list[str]]:
+  """The zero-shot candidates' prompts, a list per digit (CLASS_TEMPLATES around its name);
+  the digits have no held-out prompt set."""
+  if heldout:
+    raise ValueError('the captioned digits have no held-out prompts')
+  return [[t.format(name) for t in CLASS_TEMPLATES] for name in CLASS_NAMES]
+
+
 def vocabulary() -> list[str]:
   """Sorted words of every caption and class prompt."""
   texts = list(caption_table().ravel())
   texts += [t.format(n) for t in CLASS_TEMPLATES for n in CLASS_NAMES]
-  return sorted({w for text in texts for w in text.lower().split()})
-
-
-def _vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
-  """A BPE vocabulary in which each of `words` is a single token.
-
-  Single characters (alone and word-final, with '</w>') come first, then each word's merges
-  left to right: 's e', 'se v', 'sev e', 'seve n</w>' make 'seven</w>'. tokenizers requires
-  every merge result to be in the vocabulary, so the prefixes are tokens too.
-  """
-  vocab = {BOS: 0, EOS: 1}
-  merges: list[str] = []
-
-  def add(token):
-    if token not in vocab:
-      vocab[token] = len(vocab)
-
-  for ch in FALLBACK_CHARS:
-    add(ch)
-    add(ch + END_OF_WORD)
-  for word in words:
-    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
-    for ch in symbols:
-      add(ch)
-    while len(symbols) > 1:
-      merged = symbols[0] + symbols[1]
-      rule = f'{symbols[0]} {symbols[1]}'
-      if rule not in merges:
-        merges.append(rule)
-      add(merged)
-      symbols = [merged] + symbols[2:]
-  return vocab, merges
+  return word_tokenizer.words_of(texts)
 
 
 def write_tokenizer_files(folder: str, words: Optional[Sequence[str]] = None) -> str:
-  """Write vocab.json and merges.txt for `words` (default: `vocabulary()`) into `folder`."""
-  vocab, merges = _vocab_and_merges(vocabulary() if words is None else words)
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, 'vocab.json'), 'w') as f:
-    json.dump(vocab, f)
-  with open(os.path.join(folder, 'merges.txt'), 'w') as f:
-    f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
-  return folder
+  """vocab.json and merges.txt for `words` (default: `vocabulary()`) in `folder`."""
+  return word_tokenizer.write_tokenizer_files(folder, vocabulary() if words is None else words)
 
 
 def build_tokenizer(folder: Optional[str] = None):
-  """transformers' CLIPTokenizer over the captions' vocabulary.
-
-  Loaded with `from_pretrained(folder)`, the way SD folders load theirs (transformers 5.x
-  ignores a `vocab_file=` keyword). Without `folder` the files live in a temporary directory
-  only while loading.
-  """
-  from transformers import CLIPTokenizer  # pylint: disable=g-import-not-at-top
-  if folder is not None:
-    return CLIPTokenizer.from_pretrained(write_tokenizer_files(folder))
-  with tempfile.TemporaryDirectory() as tmp:
-    return CLIPTokenizer.from_pretrained(write_tokenizer_files(tmp))
+  """The word-level CLIPTokenizer of `vocabulary()` (data/word_tokenizer.py)."""
+  return word_tokenizer.build_tokenizer(vocabulary(), folder)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH):

@@ -24,13 +24,14 @@ import io
 import json
 import logging
 import os
+from typing import Optional
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from diffdis_jax.core import files
-from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.core.checks import ConfigError, check
 from diffdis_jax.data import fashion_mnist
 
 OUTPUT_NAME = 'imagenet256_latents'
@@ -193,3 +194,32 @@ def write_dataset_info(out_dir: str, features, split: str, shard_lengths, descri
                              num_bytes=sum(os.path.getsize(q) for q in paths))
   tfds.folder_dataset.write_metadata(data_dir=out_dir, features=features, split_infos=[info],
                                      check_data=False, description=description)
+
+
+def check_latent_set(config, num_classes: Optional[int] = None):
+  """An extracted latent set in data.dir whose split, classes (when the model has
+  `num_classes`) and latent shape fit config.model; one ConfigError line otherwise."""
+  data_dir = config.data.dir
+  check(bool(data_dir) and os.path.isdir(data_dir),
+        f'dataset {config.data.name} not found at data.dir={data_dir!r}; prepare it with '
+        '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
+        '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
+  check(os.path.isfile(os.path.join(data_dir, 'dataset_info.json')),
+        f'data.dir={data_dir!r} holds no dataset_info.json: the latent extraction did not '
+        'finish there; run --mode=extract_latents again with --workdir=<that dir> to complete it')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  info = tfds.builder_from_directory(data_dir).info
+  split = config.data.get('split', 'train')
+  check(split in info.splits, f'data.split={split!r} is not in {data_dir} '
+                              f'(it holds {sorted(info.splits)})')
+  classes = info.features['label'].num_classes
+  if num_classes is not None:
+    check(classes <= num_classes,
+          f'data.dir holds {classes} classes but model.num_classes={num_classes}; '
+          f'pass --config.model.num_classes={classes}')
+  _, side, _, channels = info.features['mean'].shape
+  m = config.model
+  check((side, channels) == (m.input_size, m.in_channels),
+        f'the latents in data.dir are {side}x{side}x{channels} but the model takes '
+        f'{m.input_size}x{m.input_size}x{m.in_channels}; set --config.model.input_size='
+        f'{side} --config.model.in_channels={channels}')

@@ -20,10 +20,16 @@ from diffdis_jax.eval.fashion_mnist_metric import FashionMNISTMetric, from_uint8
 __all__ = ['image_set', 'images_dir', 'metric_for', 'from_uint8']
 
 
+# DiffDis's captioned class sets (tasks/diffdis/sources.py) are scored as their image sets
+CAPTIONED = {'captioned_digits': 'digits', 'captioned_fmnist': 'fashion_mnist'}
+
+
 def image_set(config) -> Optional[str]:
   data = config.data
   if data.name in ('digits', 'fashion_mnist'):
     return data.name
+  if data.name in CAPTIONED:
+    return CAPTIONED[data.name]
   if data.name == 'latents' and data.get('extract', {}).get('source') == 'fashion_mnist':
     return 'fashion_mnist'
   return None
@@ -36,13 +42,16 @@ def images_dir(config) -> str:
   return config.data.extract.source_dir or fashion_mnist.DEBIAN_DIR
 
 
-def metric_for(config, workdir: str) -> Optional[ClassifierMetric]:
+def metric_for(config, workdir: Optional[str]) -> Optional[ClassifierMetric]:
+  """The metric of the config's image set, cached in eval.classifier_dir, else in the
+  workdir (without either, trained and not kept)."""
   name = image_set(config)
   cache = config.eval.get('classifier_dir', '')
+  in_workdir = lambda folder: os.path.join(workdir, folder) if workdir else None
   if name == 'digits':
-    return DigitsMetric.create(cache_dir=cache or os.path.join(workdir, 'digits_classifier'),
+    return DigitsMetric.create(cache_dir=cache or in_workdir('digits_classifier'),
                                seed=0, size=config.data.image_size)
   if name == 'fashion_mnist':
-    return FashionMNISTMetric.create(cache_dir=cache or os.path.join(workdir, 'classifier'),
+    return FashionMNISTMetric.create(cache_dir=cache or in_workdir('classifier'),
                                      data_dir=images_dir(config))
   return None

@@ -4,6 +4,7 @@ A model gives one (n, d) estimate per image (DiffDis: `diffdis_sampler.make_quer
 and one (n, d) query per text; everything here is on the host:
 
     queries = class_queries(encode, class_names, templates)    # encode: list[str] -> (n, d_y)
+    queries = prompt_queries(encode, prompts)                  # prompts[c]: class c's texts
     scores  = similarity(predictions, queries)
     topk_accuracy(scores, labels); retrieval_recalls(scores, caption_image)
 
@@ -19,11 +20,18 @@ import numpy as np
 
 def class_queries(encode: Callable[[list[str]], np.ndarray], class_names: Sequence[str],
                   templates: Sequence[str]) -> np.ndarray:
-  """(classes, d_y) unit vectors: per class, the mean of the unit queries of its prompts
-  (one per template, `template.format(name)`), renormalised (CLIP's prompt ensembling)."""
+  """(classes, d_y) unit vectors: per class, the ensemble of its prompts, one per template
+  (`template.format(name)`); see `prompt_queries`."""
+  return prompt_queries(encode, [[t.format(name) for t in templates] for name in class_names])
+
+
+def prompt_queries(encode: Callable[[list[str]], np.ndarray],
+                   prompts: Sequence[Sequence[str]]) -> np.ndarray:
+  """(classes, d_y) unit vectors: per class, the mean of the unit queries of its prompts,
+  renormalised (CLIP's prompt ensembling); prompts[c] may name class c several ways."""
   out = []
-  for name in class_names:
-    e = np.asarray(encode([t.format(name) for t in templates]), np.float64)
+  for per_class in prompts:
+    e = np.asarray(encode(list(per_class)), np.float64)
     e = e / np.linalg.norm(e, axis=-1, keepdims=True)
     m = e.mean(0)
     out.append(m / np.linalg.norm(m))

@@ -11,9 +11,12 @@ import os
 
 from diffdis_jax.core.checks import ConfigError, check, has_checkpoint, one_of
 from diffdis_jax.core.spaces import is_pixel_space
+from diffdis_jax.data import digits_captions, fashion_mnist, fashion_mnist_captions
 from diffdis_jax.data.captions import find_shards, shard_format
+from diffdis_jax.data.latent_sets import check_latent_set
 from diffdis_jax.diffusion.ddpm import DDIM_SPACINGS
 from diffdis_jax.eval import zeroshot_suite as suite
+from diffdis_jax.eval.image_set_metrics import images_dir
 from diffdis_jax.nn.diffdis import ALIGN_MODES, IMAGE_NULLS
 from diffdis_jax.nn.unet import (CROSS_ATTN_DOWN, CROSS_ATTN_UP, PLAIN_DOWN, PLAIN_UP,
                                  UNet2DCondition, per_level)
@@ -108,18 +111,52 @@ def check_data(config):
 
 
 def check_captioned_digits(config):
-  """Pixels at the data's side, and the demo text encoder's widths are c's and e's."""
-  m, d = config.model, config.diffdis
+  """Pixels at the data's side, and a demo text encoder that fits."""
+  m = config.model
   check(m.in_channels == 1 and m.input_size == config.data.image_size,
         'captioned digits are pixels: they need model.in_channels=1 and '
         'model.input_size=data.image_size')
-  t = config.text_encoder
+  check_demo_text_encoder(config, digits_captions)
+
+
+def check_captioned_fmnist(config):
+  """The latent set and its VAE fit the model, the Fashion-MNIST files are there (test
+  images, the text encoder's pre-stage, the metric), and a demo text encoder that fits."""
+  m, data = config.model, config.data
+  check_latent_set(config)
+  vae = _read_json(os.path.join(data.vae_path, 'config.json'),
+                   f'data.vae_path={data.vae_path!r} is not a diffusers AutoencoderKL folder; '
+                   'pass the VAE the latents were extracted with (make fmnist: '
+                   'workdirs/fmnist/vae/diffusers)')
+  check(vae.get('latent_channels') == m.in_channels,
+        f"the VAE in data.vae_path makes {vae.get('latent_channels')}-channel latents but "
+        f'model.in_channels={m.in_channels}')
+  scale = vae.get('scaling_factor')
+  check(not data.latent_scale or abs(data.latent_scale - scale) < 1e-6,
+        f'data.latent_scale={data.latent_scale} but the VAE in data.vae_path scales by {scale}; '
+        'pass --config.data.latent_scale=0 (the VAE\'s own)')
+  fashion_mnist.check_dir(images_dir(config))
+  check(isinstance(config.eval.test_images, int) and config.eval.test_images >= 0,
+        f'eval.test_images must be an integer >= 0 (0: all 10,000), got '
+        f'{config.eval.test_images!r}')
+  check_demo_text_encoder(config, fashion_mnist_captions)
+
+
+def check_demo_text_encoder(config, captions):
+  """The demo text encoder makes c and e at the widths and length the UNet takes."""
+  d, t = config.diffdis, config.text_encoder
   check(t.hidden_size == d.context_dim and t.projection_dim == d.text_dim,
         'the demo text encoder makes c and e: set text_encoder.hidden_size = '
         'diffdis.context_dim and text_encoder.projection_dim = diffdis.text_dim')
   check(t.hidden_size % t.num_attention_heads == 0,
         f'text_encoder.hidden_size {t.hidden_size} is not divisible by '
         f'text_encoder.num_attention_heads {t.num_attention_heads}')
+  check(d.context_length == captions.MAX_LENGTH,
+        f'the {captions.NAME} captions are {captions.MAX_LENGTH} tokens long: set '
+        f'--config.diffdis.context_length={captions.MAX_LENGTH}')
+  check(isinstance(config.eval.metric_samples, int) and config.eval.metric_samples >= 0,
+        f'eval.metric_samples must be an integer >= 0 (0: none), got '
+        f'{config.eval.metric_samples!r}')
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -180,7 +217,9 @@ def check_pairs(config):
 
 
 # each data source's own checks (sources.py holds the sources)
-SOURCE_CHECKS = {'captioned_digits': check_captioned_digits, 'image_text_pairs': check_pairs}
+CAPTIONED_SOURCES = ('captioned_digits', 'captioned_fmnist')
+SOURCE_CHECKS = {'captioned_digits': check_captioned_digits,
+                 'captioned_fmnist': check_captioned_fmnist, 'image_text_pairs': check_pairs}
 
 
 def check_config(config):
@@ -195,19 +234,23 @@ def check_mode(config, mode: str, workdir: str):
 
 
 def check_eval_inputs(config, workdir: str):
-  """Something to evaluate, every named input present, a checkpoint to evaluate."""
+  """Something to evaluate, every named input present, a checkpoint to evaluate. A captioned
+  class set evaluates its own test split when no suite input is named."""
   ev, d, m = config.eval, config.diffdis, config.model
   specs = suite.load_specs()
   try:
     datasets = suite.parse_datasets(ev.zeroshot_datasets, specs)
   except ValueError as err:
     raise ConfigError(f'eval.zeroshot_datasets: {err}') from None
-  check(bool(datasets or ev.retrieval_shards),
+  own_test_set = config.data.name in CAPTIONED_SOURCES
+  check(bool(datasets or ev.retrieval_shards or own_test_set),
         'nothing to evaluate: name zero-shot datasets with --config.eval.zeroshot_datasets='
         'cifar10,dtd,... (or all) and/or image-text shards with '
         '--config.eval.retrieval_shards=GLOB')
-  check(d.align_mode != 'none', "diffdis.align_mode='none' has no text head: it cannot "
-                                'classify or retrieve; evaluate a diffusion or contrastive run')
+  check(d.align_mode != 'none' or (own_test_set and not (datasets or ev.retrieval_shards)
+                                   and ev.metric_samples),
+        "diffdis.align_mode='none' has no text head: it cannot classify or retrieve; evaluate "
+        'a diffusion or contrastive run')
   check(d.zeroshot.batch >= 1 and d.zeroshot.seeds >= 1,
         'diffdis.zeroshot.batch and diffdis.zeroshot.seeds must be >= 1')
   for field in ('zeroshot_max_images', 'retrieval_max_pairs'):
@@ -229,7 +272,7 @@ def check_eval_inputs(config, workdir: str):
                  '--config.eval.retrieval_shards=GLOB of image-text shards (*.tar, '
                  '*.tfrecord*, *.array_record*)')
   if not is_pixel_space(m.in_channels):
-    check(bool(config.init.sd_folder), f'model.in_channels={m.in_channels}: latent models '
-                                       'read images through the SD VAE; pass '
-                                       '--config.init.sd_folder=DIR')
+    check(bool(config.init.sd_folder or config.data.vae_path),
+          f'model.in_channels={m.in_channels}: latent models read images through a VAE; pass '
+          '--config.init.sd_folder=DIR (SD\'s) or --config.data.vae_path=DIR')
   has_checkpoint(workdir)

@@ -4,8 +4,10 @@ The text encoder is frozen (paper §3): the train step sees the caption's contex
 hidden states) and its unit text query e beside the image. The data source (sources.py, by
 `data.name`) says where pairs come from and how they become a step's batch; the text encoder
 (text_encoders.py) is SD's CLIP when `init.sd_folder` is set (or `init.text_encoder`'s, since
-SD 1.x's lacks the projection of the default text query), else the demo's, trained from
-scratch in a seeded pre-stage and cached under <workdir>/text_encoder/.
+SD 1.x's lacks the projection of the default text query), else the captioned class set's
+(the CPU demos'), trained from scratch in a seeded pre-stage and cached under
+<workdir>/text_encoder/. Latent models read and show images through `data.vae_path`'s VAE
+when set (the Fashion-MNIST recipe's own), else the SD folder's.
 
 With `init.sd_folder` set, the UNet's weights are those of a diffusers SD folder, unchanged
 (nn/diffdis.with_unet_params), and the empty prompt's c comes from the same text encoder.
@@ -30,8 +32,8 @@ from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.tasks import base
 from diffdis_jax.tasks.diffdis import checks
 from diffdis_jax.tasks.diffdis.model import build_diffdis
-from diffdis_jax.tasks.diffdis.sources import SOURCES
-from diffdis_jax.tasks.diffdis.text_encoders import CLIPTextEncoder, DigitsTextEncoder
+from diffdis_jax.tasks.diffdis.sources import SOURCES, TEST_SECTION
+from diffdis_jax.tasks.diffdis.text_encoders import CLIPTextEncoder
 
 # the zero-shot predictor's noise: apart from the preview grid's (seed + 1)
 ZEROSHOT_NOISE_OFFSET = 3
@@ -101,8 +103,15 @@ class DiffDisTask(base.Task):
                              context_length=config.diffdis.context_length,
                              query=config.diffdis.query)
     cache = os.path.join(self.workdir, 'text_encoder') if self.workdir else None
-    return DigitsTextEncoder.create(config.text_encoder, cache, seed=config.text_encoder.seed,
-                                    size=config.data.image_size)
+    return self.source.text_encoder(cache)
+
+  @functools.cached_property
+  def vae(self):
+    """(vae, params) of a latent model: data.vae_path's when set (e.g. the Fashion-MNIST
+    recipe's own VAE), else the SD folder's."""
+    if self.config.data.vae_path:
+      return weights.load_vae(self.config.data.vae_path)
+    return self.stable_diffusion.vae, self.stable_diffusion.vae_params
 
   @functools.cached_property
   def null_context(self) -> np.ndarray:
@@ -120,7 +129,7 @@ class DiffDisTask(base.Task):
     m = self.config.model
     if is_pixel_space(m.in_channels):
       return m.input_size
-    return m.input_size * 2 ** (len(self.stable_diffusion.vae.block_out_channels) - 1)
+    return m.input_size * 2 ** (len(self.vae[0].block_out_channels) - 1)
 
   # ------------------------------------------------------------------ data
 
@@ -148,11 +157,11 @@ class DiffDisTask(base.Task):
 
   def make_preview_fn(self, model):
     """(params, noise, c, null_c) -> images in [-1, 1]: DDIM with guidance on c, then, for
-    latent models, SD's VAE decoder (its weights are an argument, not baked into the jit)."""
+    latent models, the VAE's decoder (its weights are an argument, not baked into the jit)."""
     sampler = diffdis_sampler.make_t2i_sampler(model, self.config)
     if is_pixel_space(self.config.model.in_channels):
       return jax.jit(sampler)
-    vae, vae_params = self.stable_diffusion.vae, self.stable_diffusion.vae_params
+    vae, vae_params = self.vae
     decoded = jax.jit(lambda params, vae_params, *args: decode_latents(
         vae, vae_params, sampler(params, *args)))
     return lambda params, *args: decoded(params, vae_params, *args)
@@ -179,9 +188,14 @@ class DiffDisTask(base.Task):
 
   def evaluate(self, model, mesh, latest_state) -> dict:
     """The zero-shot suite and image-text retrieval of the latest checkpoint's EMA params, to
-    eval.json's 'zeroshot' and 'retrieval' sections (docs/evaluation.md)."""
-    del model
+    eval.json's 'zeroshot' and 'retrieval' sections (docs/evaluation.md); with neither named,
+    a captioned class set's own test split, to its 'test_split' section."""
     state = latest_state()
+    ev = self.config.eval
+    if not (ev.zeroshot_datasets or ev.retrieval_shards):  # a captioned set's own test split
+      scores = self.source.evaluate(self.make_preview_fn(model), state.ema_params,
+                                    step=int(state.step))
+      return {TEST_SECTION: scores}
     fns = self.zeroshot_functions(mesh)
     settings = dict(fns.settings, checkpoint_step=int(state.step), method=self.name,
                     workdir=os.path.abspath(self.workdir))
@@ -196,11 +210,11 @@ class DiffDisTask(base.Task):
     """predict(params, images) and encode(texts): the one path by which DiffDis classifies
     and retrieves, in the final evaluation and in --mode=eval.
 
-    images: (n, s, s, 3) float in [-1, 1], or (n, s, s, 1) for one-channel pixel models.
-    Pixel models take them at their own side (RGB made grey by ITU-R 601 luma, PIL's 'L');
-    latent models take s = their side times the VAE's downsampling (8 for SD), through the
-    SD VAE's encoder (posterior mean times its scaling factor: the latents the UNet learned
-    from). Batches of `diffdis.zeroshot.batch`, the last one padded: one compile, and a row's
+    images: (n, s, s, 3) float in [-1, 1], or (n, s, s, 1) for one-channel models (RGB is
+    made grey by ITU-R 601 luma, PIL's 'L', when the pixel model or its VAE takes one
+    channel). Pixel models take them at their own side; latent models take s = their side
+    times the VAE's downsampling (8 for SD), through the VAE's encoder (`self.vae`; posterior
+    mean times its scaling factor: the latents the UNet learned from). Batches of `diffdis.zeroshot.batch`, the last one padded: one compile, and a row's
     noise does not depend on how full its batch is. Every batch uses the same key, so a
     dataset's scores do not depend on which datasets ran before it. With `mesh`, outputs come
     back replicated (readable on every process).
@@ -210,16 +224,16 @@ class DiffDisTask(base.Task):
     query_fn = diffdis_sampler.make_query_predictor(model, config)
     vae, vae_params = None, None
     if not is_pixel_space(m.in_channels):
-      vae, vae_params = self.stable_diffusion.vae, self.stable_diffusion.vae_params
+      vae, vae_params = self.vae
+
+    grey = (vae.in_channels if vae is not None else m.in_channels) == 1
 
     def batch_fn(params, vae_params, images, null_context, rng):
+      if grey and images.shape[-1] == 3:
+        images = (images @ jnp.array(LUMA, images.dtype))[..., None]
       if vae is not None:
-        z = vae.apply({'params': vae_params}, images, method='encode_latents')
-      elif m.in_channels == 1 and images.shape[-1] == 3:
-        z = (images @ jnp.array(LUMA, images.dtype))[..., None]
-      else:
-        z = images
-      return query_fn(params, z, null_context, rng)
+        images = vae.apply({'params': vae_params}, images, method='encode_latents')
+      return query_fn(params, images, null_context, rng)
 
     jitted = (jax.jit(batch_fn) if mesh is None
               else jax.jit(batch_fn, out_shardings=mesh_lib.replicated(mesh)))

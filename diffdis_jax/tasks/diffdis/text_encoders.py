@@ -3,18 +3,24 @@ unit text query, as numpy.
 
   CLIPTextEncoder    a converted transformers CLIP text tower (SD's, or init.text_encoder's)
                      with SD's tokenizer
-  DigitsTextEncoder  the CPU demo's: a tiny CLIP trained from scratch on the captioned digits
+  CaptionTextEncoder the CPU demos': a tiny CLIP trained from scratch on a captioned class
+                     set (the digits, data/digits_captions.py; Fashion-MNIST,
+                     data/fashion_mnist_captions.py)
 
-DiffDis keeps its text encoder frozen (paper §3; docs/paper_notes.md), so the demo trains one
+DiffDis keeps its text encoder frozen (paper §3; docs/paper_notes.md), so a demo trains one
 first, in a short seeded pre-stage: `CLIPTextModel` (nn/clip_text.py) over the captions'
-word-level tokenizer (data/digits_captions.py) plus a small MLP image tower, contrastively
-(symmetric InfoNCE, objectives/diffdis.info_nce) on the training digits and their captions.
-Captions of the same digit are positives for each other (they describe the same content; the
-templates are interchangeable). The text tower's parameters are cached under
+word-level tokenizer plus a small MLP image tower on the raw pixels, contrastively (symmetric
+InfoNCE, objectives/diffdis.info_nce) on the training images and their training captions.
+Captions of the same class are positives for each other (they describe the same content; the
+templates and synonyms are interchangeable). The text tower's parameters are cached under
 <cache_dir>/text_encoder_v{VERSION}_<fingerprint>.npz; afterwards only the text tower is used:
 
-    enc = DigitsTextEncoder.create(config.text_encoder, cache_dir, seed)
+    enc = CaptionTextEncoder.create(config.text_encoder, cache_dir, digits_captions,
+                                    load_images, data_key='digits8', seed=0)
     c, e = enc.encode(['a handwritten digit seven', ''])   # (n, L, d_c) and unit (n, d_y)
+
+`captions` is a caption module: NAME, MAX_LENGTH, caption_table() (classes, k),
+vocabulary() and build_tokenizer(); `load_images()` gives the pre-stage's (images, labels).
 
 c is the last hidden state (DiffDis's token-wise condition), e the L2-normalised projected
 end-of-text embedding (the text query, objectives/diffdis.text_query 'projected_eot').
@@ -27,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -37,14 +43,12 @@ import numpy as np
 import optax
 
 from diffdis_jax.core import files
-from diffdis_jax.data import captions
-from diffdis_jax.data import digits_captions as cd
-from diffdis_jax.data.digits import load_digits
+from diffdis_jax.data import captions as caption_files
 from diffdis_jax.nn import layers
 from diffdis_jax.nn.clip_text import CLIPTextModel
 from diffdis_jax.objectives.diffdis import info_nce, positive_mask, text_query
 
-VERSION = 1
+VERSION = 2   # 2: the caption set and its images are part of the fingerprint
 
 
 class ImageTower(nn.Module):
@@ -69,29 +73,33 @@ class TinyCLIP(nn.Module):
     return self.text(input_ids)
 
 
-def text_model(t, vocab_size: int) -> CLIPTextModel:
-  """The text tower of `config.text_encoder` (`t`); eos id 1 matches the caption tokenizer."""
+def text_model(t, vocab_size: int, max_length: int) -> CLIPTextModel:
+  """The text tower of `config.text_encoder` (`t`); eos id 1 matches the word tokenizer."""
   return CLIPTextModel(
       vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
       num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-      max_position_embeddings=cd.MAX_LENGTH, hidden_act='quick_gelu', eos_token_id=1,
+      max_position_embeddings=max_length, hidden_act='quick_gelu', eos_token_id=1,
       projection_dim=t.projection_dim)
 
 
-def _fingerprint(t, seed: int, size: int) -> str:
+def _fingerprint(t, seed: int, captions, data_key: str) -> str:
   fields = json.dumps({'t': t.to_dict() if hasattr(t, 'to_dict') else dict(t), 'seed': seed,
-                       'size': size, 'vocab': cd.vocabulary()}, sort_keys=True)
+                       'captions': captions.NAME, 'data': data_key,
+                       'table': captions.caption_table().tolist(),
+                       'vocab': captions.vocabulary()}, sort_keys=True)
   return hashlib.sha256(fields.encode()).hexdigest()[:12]
 
 
-def pretrain(t, seed: int, size: int, tokenizer) -> dict:
-  """Contrastive pre-stage; returns the text tower's parameters (host numpy)."""
-  data = load_digits('train', size)
-  table = cd.caption_table()
-  ids_table, _ = cd.tokenize(tokenizer, table.ravel())
-  ids_table = ids_table.reshape(table.shape + (-1,))          # (10, templates, L)
-  model = TinyCLIP(text_model(t, len(tokenizer)), ImageTower(t.image_hidden, t.projection_dim))
-  params = nn.unbox(model.init(jax.random.PRNGKey(seed), data['image'][:2],
+def pretrain(t, seed: int, tokenizer, captions, images: np.ndarray,
+             labels: np.ndarray) -> dict:
+  """Contrastive pre-stage on (images, labels) with the captions' training table; returns
+  the text tower's parameters (host numpy)."""
+  table = captions.caption_table()
+  ids_table, _ = caption_files.tokenize(tokenizer, table.ravel(), captions.MAX_LENGTH)
+  ids_table = ids_table.reshape(table.shape + (-1,))          # (classes, captions, L)
+  model = TinyCLIP(text_model(t, len(tokenizer), captions.MAX_LENGTH),
+                   ImageTower(t.image_hidden, t.projection_dim))
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), images[:2],
                                ids_table[0, :2])['params'])
   params['logit_scale'] = jnp.log(jnp.float32(10.0))
   tx = optax.adamw(t.pretrain_lr, weight_decay=1e-4)
@@ -109,12 +117,12 @@ def pretrain(t, seed: int, size: int, tokenizer) -> dict:
     return optax.apply_updates(params, updates), opt_state, loss, acc
 
   rng = np.random.default_rng(seed)
-  n = len(data['label'])
+  n = len(labels)
   for i in range(t.pretrain_steps):
     idx = rng.integers(0, n, t.pretrain_batch)
-    labels = data['label'][idx]
-    ids = ids_table[labels, rng.integers(0, table.shape[1], len(idx))]
-    params, opt_state, loss, acc = step(params, opt_state, data['image'][idx], ids, labels)
+    batch_labels = labels[idx]
+    ids = ids_table[batch_labels, rng.integers(0, table.shape[1], len(idx))]
+    params, opt_state, loss, acc = step(params, opt_state, images[idx], ids, batch_labels)
     if (i + 1) % 100 == 0:
       logging.info('text encoder pre-stage step %d: loss %.3f, i2t acc %.3f', i + 1,
                    float(loss), float(acc))
@@ -130,40 +138,44 @@ class CLIPTextEncoder:
     self.context_length, self.query = context_length, query
 
   def encode(self, texts):
-    ids, mask = captions.tokenize(self.tokenizer, texts, self.context_length)
+    ids, mask = caption_files.tokenize(self.tokenizer, texts, self.context_length)
     out = self.clip.apply({'params': self.clip_params}, ids)
     e = text_query(out, self.query, mask)
     return np.asarray(out['last_hidden_state'], np.float32), np.asarray(e, np.float32)
 
 
 @dataclasses.dataclass
-class DigitsTextEncoder:
-  """The frozen demo text encoder: tokenizer, CLIPTextModel and its trained parameters."""
+class CaptionTextEncoder:
+  """A demo's frozen text encoder: tokenizer, CLIPTextModel and its trained parameters."""
   tokenizer: object
   model: CLIPTextModel
   params: dict
+  max_length: int
 
   @classmethod
-  def create(cls, t, cache_dir: Optional[str], seed: int = 0, size: int = 16):
-    """Loads the text tower from `cache_dir` or runs the pre-stage (and caches it there)."""
-    tokenizer = cd.build_tokenizer()
-    model = text_model(t, len(tokenizer))
-    path = (os.path.join(cache_dir, f'text_encoder_v{VERSION}_{_fingerprint(t, seed, size)}.npz')
-            if cache_dir else None)
+  def create(cls, t, cache_dir: Optional[str], captions,
+             load_images: Callable[[], tuple[np.ndarray, np.ndarray]], *, data_key: str,
+             seed: int = 0):
+    """Loads the text tower from `cache_dir` or runs the pre-stage on `load_images()` (and
+    caches it there); `data_key` names those images in the cache's fingerprint."""
+    tokenizer = captions.build_tokenizer()
+    model = text_model(t, len(tokenizer), captions.MAX_LENGTH)
+    name = f'text_encoder_v{VERSION}_{_fingerprint(t, seed, captions, data_key)}.npz'
+    path = os.path.join(cache_dir, name) if cache_dir else None
     if path and os.path.exists(path):
       with np.load(path) as npz:
         params = flax.traverse_util.unflatten_dict({k: npz[k] for k in npz.files}, sep='/')
     else:
-      params = pretrain(t, seed, size, tokenizer)
+      params = pretrain(t, seed, tokenizer, captions, *load_images())
       if path:
         os.makedirs(cache_dir, exist_ok=True)
         flat = flax.traverse_util.flatten_dict(params, sep='/')
         files.save_npz(path, **{k: np.asarray(v) for k, v in flat.items()})
-    return cls(tokenizer, model, params)
+    return cls(tokenizer, model, params, captions.MAX_LENGTH)
 
   def encode(self, texts: Sequence[str]):
     """(c, e): last hidden states (n, L, d_c) and unit text queries (n, d_y), numpy."""
-    ids, _ = cd.tokenize(self.tokenizer, texts)
+    ids, _ = caption_files.tokenize(self.tokenizer, texts, self.max_length)
     out = _apply_text(self.model, self.params, jnp.asarray(ids))
     return np.asarray(out[0]), np.asarray(out[1])
 

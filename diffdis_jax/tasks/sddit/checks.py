@@ -12,6 +12,7 @@ from diffdis_jax.core.checks import (ConfigError, check, existing_file, has_chec
                                      positive_int)
 from diffdis_jax.core.spaces import is_pixel_space
 from diffdis_jax.data import fashion_mnist
+from diffdis_jax.data.latent_sets import check_latent_set
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
 from diffdis_jax.diffusion.ddpm import RESPACED_SOLVERS, respaced_schedule
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
@@ -106,17 +107,8 @@ def check_latents(config, mode: str):
   if config.data.name != 'latents':
     return
   if mode == 'train':
-    check_training_data(config)
+    check_latent_set(config, config.model.num_classes)
   check_latent_vae(config)
-
-
-def check_training_data(config):
-  """The extracted latent set in data.dir, which training reads."""
-  check(bool(config.data.dir) and os.path.isdir(config.data.dir),
-        f'dataset {config.data.name} not found at data.dir={config.data.dir!r}; prepare it with '
-        '`python launch/main.py --mode=extract_latents --config=<this config> --workdir=DIR` '
-        '(see README, "ImageNet latents") and pass --config.data.dir=DIR')
-  check_latent_set(config)
 
 
 def check_latent_vae(config):
@@ -136,29 +128,6 @@ def check_latent_vae(config):
           f'{config.data.extract.source} latents; pass --config.eval.metric_samples=0')
     if image_set(config) == 'fashion_mnist':  # the classifier's reference images
       fashion_mnist.check_dir(images_dir(config))
-
-
-def check_latent_set(config):
-  """An extracted latent set in data.dir whose latents fit the model."""
-  info = os.path.join(config.data.dir, 'dataset_info.json')
-  check(os.path.isfile(info), f'data.dir={config.data.dir!r} holds no dataset_info.json: '
-                              'the latent extraction did not finish there; run --mode='
-                              'extract_latents again with --workdir=<that dir> to complete it')
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(config.data.dir)
-  split = config.data.get('split', 'train')
-  check(split in builder.info.splits, f'data.split={split!r} is not in {config.data.dir} '
-                                      f'(it holds {sorted(builder.info.splits)})')
-  classes = builder.info.features['label'].num_classes
-  check(classes <= config.model.num_classes,
-        f'data.dir holds {classes} classes but model.num_classes={config.model.num_classes}; '
-        f'pass --config.model.num_classes={classes}')
-  _, side, _, channels = builder.info.features['mean'].shape
-  m = config.model
-  check((side, channels) == (m.input_size, m.in_channels),
-        f'the latents in data.dir are {side}x{side}x{channels} but the model takes '
-        f'{m.input_size}x{m.input_size}x{m.in_channels}; set --config.model.input_size='
-        f'{side} --config.model.in_channels={channels}')
 
 
 def _weight_shapes(path: str) -> dict:
