@@ -13,6 +13,7 @@ import pytest
 
 from configs.common import AXIS_RULES
 from diffdis_jax.core.checks import ConfigError
+from diffdis_jax.core.platform import targeting
 from diffdis_jax.modes.checks import check_shared_fields
 from diffdis_jax.nn import attention, splash_attention
 from diffdis_jax.nn.dit import DiTBlock
@@ -116,5 +117,9 @@ def test_config_asking_for_splash_off_tpu_is_refused_with_the_fix():
   from configs import demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config()
   config.model.attention_impl = 'splash'
-  with pytest.raises(ConfigError, match="TPU kernel and this backend is cpu; pass"):
+  with pytest.raises(ConfigError, match="TPU kernel and the target platform is cpu; pass"):
+    check_shared_fields(config)
+  with targeting('cuda'), pytest.raises(ConfigError, match="target platform is gpu; pass"):
+    check_shared_fields(config)
+  with targeting('tpu'):  # an export for TPU from this CPU host
     check_shared_fields(config)

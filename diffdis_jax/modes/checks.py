@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import jax
-
 from diffdis_jax import weights
 from diffdis_jax.core.checks import ConfigError, check, one_of, positive_int
+from diffdis_jax.core.platform import target_platform
 from diffdis_jax.data import fashion_mnist
 from diffdis_jax.nn import convolution
 from diffdis_jax.nn.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
@@ -63,10 +62,12 @@ def check_shared_fields(config):
   m = config.model
   if 'attention_impl' in m:
     one_of(m.attention_impl, ATTENTION_IMPLEMENTATIONS, 'model.attention_impl')
-    # elsewhere splash runs through the Pallas interpreter: correct, and far too slow to train
-    check(m.attention_impl != 'splash' or jax.default_backend() == 'tpu',
-          f"model.attention_impl='splash' is a TPU kernel and this backend is "
-          f"{jax.default_backend()}; pass --config.model.attention_impl=None (or 'cudnn' on GPU)")
+    # elsewhere splash runs through the Pallas interpreter: correct, and far too slow to train.
+    # The target, not this host's backend: a step exported for TPU may be traced on a CPU
+    target = target_platform()
+    check(m.attention_impl != 'splash' or target == 'tpu',
+          f"model.attention_impl='splash' is a TPU kernel and the target platform is "
+          f"{target}; pass --config.model.attention_impl=None (or 'cudnn' on GPU)")
   if 'conv_impl' in m:
     one_of(m.conv_impl, convolution.IMPLEMENTATIONS, 'model.conv_impl')
   if 'remat' in m:

@@ -2,11 +2,15 @@
 
 `dot_product_attention` is what every model's `layers.Attention` calls. `implementation`:
 
-  None       'einsum' on the CPU backend, else `jax.nn.dot_product_attention`'s own choice
+  None       'einsum' when the target platform is the CPU, else `jax.nn.dot_product_attention`'s
+             own choice
   'einsum'   `einsum_attention` below: two einsums, a float32 softmax, a hand-written backward
   'xla', 'cudnn'   passed to `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU)
-  'splash'   jax's Pallas splash kernel for TPU (nn/splash_attention.py); on other backends it
+  'splash'   jax's Pallas splash kernel for TPU (nn/splash_attention.py); for other targets it
              runs through the Pallas interpreter, which only tests should do
+
+The target platform is `core.platform.target_platform()`: the backend, or the platform a
+`jax.export` is made for, so that a step exported from a CPU host carries the target's choice.
 
 Masked and causal attention (CLIP's text encoder, 77 tokens) always go to jax's function.
 
@@ -25,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffdis_jax.core.platform import target_platform
 from diffdis_jax.nn import splash_attention
 
 
@@ -85,14 +90,15 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal: bool = False,
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'attention implementation must be one of {IMPLEMENTATIONS}, '
                      f'got {implementation!r}')
-  if implementation is None and jax.default_backend() == 'cpu':
+  target = target_platform()
+  if implementation is None and target == 'cpu':
     implementation = 'einsum'
   unmasked = mask is None and not is_causal
   if implementation == 'einsum' and unmasked:
     return einsum_attention(q, k, v)
   if implementation == 'splash' and unmasked:
     return splash_attention.splash_attention(q, k, v, partition=partition,
-                                             interpret=jax.default_backend() != 'tpu')
+                                             interpret=target != 'tpu')
   if implementation in ('einsum', 'splash'):  # masks: jax's reference implementation
     implementation = 'xla'
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,

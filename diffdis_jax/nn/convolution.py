@@ -4,8 +4,9 @@
 `nn.Conv` in place of `lax.conv_general_dilated` (same signature, so parameters, names and
 weight conversion do not change). `implementation`:
 
-  None      'im2col' on the CPU backend for a 1x1 kernel, or when the convolution has no
-            more output positions (batch x height x width) than output channels; else 'xla'
+  None      for a CPU target (core/platform.py): 'im2col' for a 1x1 kernel, or when the
+            convolution has no more output positions (batch x height x width) than output
+            channels; else, and on every other target, 'xla'
   'xla'     `lax.conv_general_dilated`: XLA's own convolution (cuDNN on GPU, the MXU on TPU)
   'im2col'  `im2col_conv` below: the kh*kw shifted views of the input side by side on the
             channel axis, then one matrix product with the kernel reshaped to
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 from jax import lax
+
+from diffdis_jax.core.platform import target_platform
 
 IMPLEMENTATIONS = (None, 'xla', 'im2col')
 
@@ -91,10 +93,10 @@ def im2col_conv(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=N
 
 
 def prefers_im2col(lhs_shape, rhs_shape, window_strides, padding) -> bool:
-  """The `None` rule: the CPU backend, and a 1x1 kernel (patches are the input itself) or no
+  """The `None` rule: a CPU target, and a 1x1 kernel (patches are the input itself) or no
   more output positions than output channels (the patch matrix is no larger than the
   kernel matrix)."""
-  if jax.default_backend() != 'cpu':
+  if target_platform() != 'cpu':
     return False
   pairs = _pairs(padding, 2)
   if pairs is None:
