@@ -113,7 +113,7 @@ def vocabulary() -> list[str]:
 
 
 # <|startoftext|> + the longest prompt + <|endoftext|>
-MAX_LENGTH = 2 + max(len(p.split()) for p in all_prompts())
+MAX_LENGTH = 2 + max(len(word_tokenizer.pieces(p)) for p in all_prompts())
 
 
 def build_tokenizer(folder: Optional[str] = None):

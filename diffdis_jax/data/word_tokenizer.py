@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Optional, Sequence
 
@@ -22,9 +23,19 @@ END_OF_WORD = '</w>'
 FALLBACK_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789.,!?\'-'
 
 
+# CLIP's pre-tokenizer splits text into letter runs, single digits and punctuation runs
+# ('t-shirt' -> 't', '-', 'shirt') before BPE; the vocabulary's words are those pieces
+PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_")
+
+
+def pieces(text: str) -> list[str]:
+  """`text` lower-cased and split as CLIP's tokenizer splits it before BPE."""
+  return PIECES.findall(text.lower())
+
+
 def words_of(texts: Sequence[str]) -> list[str]:
-  """The sorted distinct lower-cased words of `texts` (split on whitespace)."""
-  return sorted({w for text in texts for w in text.lower().split()})
+  """The sorted distinct pieces (`pieces`) of `texts`: each becomes one token."""
+  return sorted({w for text in texts for w in pieces(text)})
 
 
 def vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
@@ -32,7 +43,10 @@ def vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
 
   Single characters (alone and word-final, with '</w>') come first, then each word's merges
   left to right: 's e', 'se v', 'sev e', 'seve n</w>' make 'seven</w>'. tokenizers requires
-  every merge result to be in the vocabulary, so the prefixes are tokens too.
+  every merge result to be in the vocabulary, so the prefixes are tokens too. BPE applies the
+  best-ranked merge anywhere in a word first, so another word's merge can cut a chain ('c a'
+  of 'catalogue' inside 'grayscale'); such a word gets merges of the pieces it ends in,
+  ranked last, which cannot change any word that is already one token.
   """
   vocab = {BOS: 0, EOS: 1}
   merges: list[str] = []
@@ -41,21 +55,53 @@ def vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
     if token not in vocab:
       vocab[token] = len(vocab)
 
+  def chain(symbols):
+    while len(symbols) > 1:
+      rule = f'{symbols[0]} {symbols[1]}'
+      if rule not in merges:
+        merges.append(rule)
+      add(symbols[0] + symbols[1])
+      symbols = [symbols[0] + symbols[1]] + symbols[2:]
+
+  def symbols_of(word):
+    return list(word[:-1]) + [word[-1] + END_OF_WORD]
+
   for ch in FALLBACK_CHARS:
     add(ch)
     add(ch + END_OF_WORD)
   for word in words:
-    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
-    for ch in symbols:
+    for ch in symbols_of(word):
       add(ch)
-    while len(symbols) > 1:
-      merged = symbols[0] + symbols[1]
-      rule = f'{symbols[0]} {symbols[1]}'
-      if rule not in merges:
-        merges.append(rule)
-      add(merged)
-      symbols = [merged] + symbols[2:]
+    chain(symbols_of(word))
+  for _ in range(len(words)):
+    ranks = {tuple(rule.split(' ')): r for r, rule in enumerate(merges)}
+    cut = [pieces_ for pieces_ in (_bpe(symbols_of(w), ranks) for w in words)
+           if len(pieces_) > 1]
+    if not cut:
+      break
+    for pieces_ in cut:
+      chain(pieces_)
   return vocab, merges
+
+
+def _bpe(symbols: list[str], ranks: dict) -> list[str]:
+  """The pieces BPE leaves of `symbols`: the best-ranked adjacent pair merged, everywhere it
+  occurs, until no pair has a merge."""
+  while len(symbols) > 1:
+    pairs = {(a, b) for a, b in zip(symbols, symbols[1:]) if (a, b) in ranks}
+    if not pairs:
+      break
+    best = min(pairs, key=ranks.get)
+    out, i = [], 0
+    while i < len(symbols):
+      if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+        out.append(symbols[i] + symbols[i + 1])
+        i += 2
+      else:
+        out.append(symbols[i])
+        i += 1
+    symbols = out
+  return symbols
 
 
 def write_tokenizer_files(folder: str, words: Sequence[str]) -> str:

@@ -123,6 +123,10 @@ def check_captioned_fmnist(config):
   """The latent set and its VAE fit the model, the Fashion-MNIST files are there (test
   images, the text encoder's pre-stage, the metric), and a demo text encoder that fits."""
   m, data = config.model, config.data
+  check_demo_text_encoder(config, fashion_mnist_captions)
+  check(isinstance(config.eval.test_images, int) and config.eval.test_images >= 0,
+        f'eval.test_images must be an integer >= 0 (0: all 10,000), got '
+        f'{config.eval.test_images!r}')
   check_latent_set(config)
   vae = _read_json(os.path.join(data.vae_path, 'config.json'),
                    f'data.vae_path={data.vae_path!r} is not a diffusers AutoencoderKL folder; '
@@ -136,10 +140,6 @@ def check_captioned_fmnist(config):
         f'data.latent_scale={data.latent_scale} but the VAE in data.vae_path scales by {scale}; '
         'pass --config.data.latent_scale=0 (the VAE\'s own)')
   fashion_mnist.check_dir(images_dir(config))
-  check(isinstance(config.eval.test_images, int) and config.eval.test_images >= 0,
-        f'eval.test_images must be an integer >= 0 (0: all 10,000), got '
-        f'{config.eval.test_images!r}')
-  check_demo_text_encoder(config, fashion_mnist_captions)
 
 
 def check_demo_text_encoder(config, captions):
