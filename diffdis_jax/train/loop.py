@@ -59,12 +59,17 @@ class Trainer:
   def abstract_batch(self):
     return self.task.abstract_batch(self.batch_sharding)
 
+  def jitted_step(self):
+    """The train step jitted with the state and batch shardings, the state donated: what
+    `compile_step` compiles here, and what bench/export.py lowers for other platforms."""
+    step_fn = step_lib.make_train_step(self.model, self.tx, self.objective, self.config)
+    return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
+                   out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
+                   donate_argnums=0)
+
   def compile_step(self):
     """The train step, compiled ahead of time for the state and batch shardings."""
-    step_fn = step_lib.make_train_step(self.model, self.tx, self.objective, self.config)
-    jitted = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
-                     out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
-                     donate_argnums=0)
+    jitted = self.jitted_step()
     t0 = time.perf_counter()
     with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
       lowered = jitted.lower(self.abstract_target(), self.abstract_batch())
