@@ -1,7 +1,8 @@
 """The Fashion-MNIST recipe end to end at toy size, on a few hundred real images: the VAE
 trained and exported (diffusers layout), its latents extracted to ArrayRecord, a latent SD-DiT
 trained on them through the ImageNet loader, decoded sample grids, --mode=sample's ADM file
-and --mode=eval's classifier scores."""
+and --mode=eval's classifier scores; and DiffDis on the same latents, scored with training
+and held-out prompts."""
 import json
 import os
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import fmnist_sddit, fmnist_vae
+from configs import fmnist_diffdis, fmnist_sddit, fmnist_vae
 from conftest import apply_overrides
 from diffdis_jax import weights
+from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.data import fashion_mnist as fm
+from diffdis_jax.data import fashion_mnist_captions as fc
 from diffdis_jax.data import pipeline
 from diffdis_jax.modes import run as run_modes
 from diffdis_jax.modes.checks import check_run
@@ -137,3 +140,71 @@ def test_latent_sddit_trains_samples_and_is_scored(latents, images_dir):
   metrics = saved['classifier']['metrics']
   assert metrics == pytest.approx(record['classifier']['metrics'])
   assert np.isfinite(metrics['fd_fmnist']) and saved['classifier']['samples']['num_samples'] == 16
+
+
+def diffdis_config(root, images_dir, **overrides):
+  """configs/fmnist_diffdis.py on the toy latents, with the smallest UNet and text encoder."""
+  return apply_overrides(fmnist_diffdis.get_config(), {
+      'data.dir': str(root / 'latents'), 'data.vae_path': export_dir(os.path.join(root, 'vae')),
+      'data.extract.source_dir': images_dir, 'eval.classifier_dir': str(root / 'classifier'),
+      'model.block_out_channels': (16, 32), 'model.attention_head_dim': 2,
+      'model.norm_num_groups': 8, 'text_encoder.hidden_size': 16,
+      'text_encoder.intermediate_size': 32, 'text_encoder.projection_dim': 16,
+      'text_encoder.num_hidden_layers': 1, 'text_encoder.num_attention_heads': 2,
+      'text_encoder.pretrain_steps': 20, 'text_encoder.pretrain_batch': 32,
+      'diffdis.context_dim': 16, 'diffdis.text_dim': 16, 'diffdis.zeroshot.steps': 2,
+      'diffdis.zeroshot.batch': 64, 'diffdis.sample.steps': 2, 'diffdis.sample.per_prompt': 1,
+      'batch_size': 8, 'total_steps': 2, 'log_every': 1, 'checkpoint_every': 2,
+      'sample_every': 2, 'eval.metric_samples': 20, **overrides})
+
+
+def test_latent_diffdis_trains_and_scores_both_prompt_sets(latents, images_dir):
+  """DiffDis on the VAE's latents: zero-shot and retrieval with the training and the
+  held-out prompts, text-to-image scores, to metrics.jsonl and eval.json; --mode=eval
+  scores the checkpoint the same way."""
+  root, *_ = latents
+  config = diffdis_config(root, images_dir)
+  workdir = str(root / 'diffdis')
+  check_run(config, 'train', workdir, jax.device_count())
+  trainer = run_modes.build_trainer(config, workdir)
+  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.train()
+  batch = next(trainer.data_iterator())
+  assert batch['image'].shape == (8, 8, 8, 4)
+  assert batch['context'].shape == (8, fc.MAX_LENGTH, 16) and batch['query'].shape == (8, 16)
+
+  scores = trainer.final_scores
+  for suffix in ('', '_heldout'):
+    for key in ('zeroshot_top1', 'zeroshot_top5', 'i2t_R@1', 'i2t_R@5', 'i2t_R@10',
+                't2i_R@1', 't2i_R@5', 't2i_R@10'):
+      assert 0 <= scores[key + suffix] <= 1, key + suffix
+    assert scores['zeroshot_top1' + suffix] <= scores['zeroshot_top5' + suffix]
+  assert np.isfinite(scores['fd_fmnist']) and 0 <= scores['sample_class_acc'] <= 1
+  assert read_metrics(workdir)[-1]['zeroshot_top1_heldout'] == pytest.approx(
+      scores['zeroshot_top1_heldout'])
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    saved = json.load(f)['test_split']
+  assert saved['metrics'] == pytest.approx(scores) and saved['num_images'] == N_TEST
+  assert saved['settings']['prompts'] == {'train': 18, 'heldout': 12}
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_00000002.png')))
+  assert grid.shape[0] == 4 * (10 * 33 + 1)  # one decoded row per class prompt, upscaled 4x
+
+  check_run(config, 'eval', workdir, jax.device_count())
+  record = run_modes.evaluate(trainer)
+  assert record['test_split'] == pytest.approx(scores)
+
+
+@pytest.mark.parametrize('overrides, words', [
+    ({'data.vae_path': '/no/such/vae'}, 'not a diffusers AutoencoderKL folder'),
+    ({'model.in_channels': 3}, 'the latents in data.dir are 8x8x4'),
+    ({'data.latent_scale': 0.5}, 'data.latent_scale=0.5 but the VAE'),
+    ({'data.extract.source_dir': '/no/such/dir'}, 'Fashion-MNIST not found'),
+    ({'diffdis.context_length': 77}, 'context_length=14'),
+    ({'eval.test_images': -1}, 'eval.test_images must be an integer >= 0'),
+])
+def test_latent_diffdis_bad_input(latents, images_dir, tmp_path, overrides, words):
+  root, *_ = latents
+  with pytest.raises(ConfigError, match=words):
+    check_run(diffdis_config(root, images_dir, **overrides), 'train', str(tmp_path / 'w'),
+              jax.device_count())
+  assert not os.path.exists(tmp_path / 'w')

@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = '--config=configs/demo.py'
 VAE = '--config=configs/fmnist_vae.py'
 OFFICIAL = '--config=configs/dit_xl_official.py'
+FMNIST_DIFFDIS = '--config=configs/fmnist_diffdis.py'
 
 # (arguments, words the one line must contain)
 BAD_INPUTS = [
@@ -63,6 +64,8 @@ BAD_INPUTS = [
     ([OFFICIAL], "training here is EDM's"),  # DiT's released weights sample, never train
     ([OFFICIAL, '--config.sample.respacing=ddim999'], 'sample.respacing'),
     ([OFFICIAL, '--config.sample.solver=heun'], 'sample.solver'),
+    ([FMNIST_DIFFDIS, '--config.diffdis.context_length=77'], 'context_length=14'),
+    ([FMNIST_DIFFDIS, '--config.data.dir={files}'], 'holds no dataset_info.json'),
 ]
 
 
