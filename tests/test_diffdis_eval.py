@@ -226,7 +226,8 @@ def test_latent_models_see_the_vae_latents(sd_folder):
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({}, 'nothing to evaluate'),
+    # nothing named: the captioned digits evaluate their own test split, which needs a head
+    ({'diffdis.align_mode': 'none'}, 'no text head'),
     ({'eval.zeroshot_datasets': 'cifar11'}, 'unknown zero-shot datasets'),
     ({'eval.zeroshot_datasets': 'cifar10'}, 'eval.tfds_data_dir=\'\' is not a directory'),
     ({'eval.zeroshot_datasets': 'dtd', 'eval.tfds_data_dir': '{data_dir}'},
@@ -247,10 +248,10 @@ def test_bad_eval_inputs_are_named(inputs, overrides, message):
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path):
-  """Refused before anything compiles: no checkpoint in an empty workdir, nothing named."""
+  """Refused before anything compiles: no checkpoint in an empty workdir, no text head."""
   _, _, _, shards, _, _ = inputs
   cases = [([f'--config.eval.retrieval_shards={shards}'], 'no checkpoint under'),
-           ([], 'nothing to evaluate')]
+           (['--config.diffdis.align_mode=none'], 'no text head')]
   workdirs = [tmp_path / f'w{i}' for i in range(len(cases))]
   for w in workdirs:
     w.mkdir()
