@@ -62,7 +62,8 @@ def retrieval_recalls(scores, caption_image, ks: Sequence[int] = (1, 5, 10)) -> 
   caption_image[j] is the index of the image caption j describes (several captions may share
   an image, as in COCO and Flickr30k). Image i counts as a hit at K when any of its captions
   ranks in the top K of row i; caption j when its image ranks in the top K of column j.
-  Ties count against the hit (strictly-higher ranks).
+  A rank counts only strictly higher scores, so ties count for the hit: an image whose
+  caption text also describes other images scores a hit however those captions rank.
   """
   scores = np.asarray(scores)
   caption_image = np.asarray(caption_image)
