@@ -8,12 +8,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
-from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
+# One persistent XLA compilation cache per test session, shared by the pytest-xdist workers:
+# many tests compile the same tiny train step (a Trainer that resumes compiles the step it
+# already compiled; modules build the same configs), and a CPU compile costs seconds to a
+# minute where loading the executable costs milliseconds. The controller (or a run without
+# xdist) makes the folder and removes it at the end; the workers it starts inherit the path.
+# jax writes each entry under a file lock, so two workers can share it. Subprocesses that
+# tests start (launch/main.py, launch/study.py) do not read this variable.
+_CACHE_ENV = 'DIFFDIS_TEST_COMPILE_CACHE'
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+  os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix='diffdis_test_xla_cache_')
+jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
-prepare_torchvision()
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
+
 
 
 def tiny_sddit_config(**overrides):
