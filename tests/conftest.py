@@ -35,6 +35,42 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
 
 
+# The files that take minutes on 2 cores, most expensive first (`make test --durations`).
+# They run first, so that each xdist worker ends on short files rather than one worker
+# starting a long file while the other idles.
+HEAVY_FIRST = (
+    'test_study.py', 'test_diffdis_train.py', 'test_fmnist_recipe.py',
+    'test_fmnist_captions.py', 'test_diffdis_model.py', 'test_diffdis_pairs.py',
+    'test_classifier_metric.py', 'test_diffdis_eval.py', 'test_train_loop.py',
+    'test_resume.py', 'test_main.py', 'test_export.py', 'test_convolution.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`-n 2` alone hands out whole files (--dist loadfile) in the order above.
+
+  xdist's default (--dist load) splits a file's tests across the workers, so each worker
+  builds the file's module fixtures (a trained classifier, a trained DiffDis run) once: the
+  same minutes twice. An explicit --dist on the command line is kept.
+  """
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+  explicit = any(str(a).startswith('--dist') for a in config.invocation_params.args)
+  if config.getoption('dist') != 'load' or explicit:
+    return None
+  config.option.loadscopereorder = False  # HEAVY_FIRST's order, not the most tests first
+  return LoadFileScheduling(config, log)
+
+from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
+from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
+
+prepare_torchvision()
+
 
 def tiny_sddit_config(**overrides):
   """configs/demo.py shrunk to depth 2, width 32: compiles in seconds."""
