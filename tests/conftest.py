@@ -14,6 +14,11 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
+from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
+
+prepare_torchvision()
+
 # One persistent XLA compilation cache per test session, shared by the pytest-xdist workers:
 # many tests compile the same tiny train step (a Trainer that resumes compiles the step it
 # already compiled; modules build the same configs), and a CPU compile costs seconds to a
@@ -40,7 +45,7 @@ def pytest_unconfigure(config):
 # starting a long file while the other idles.
 HEAVY_FIRST = (
     'test_study.py', 'test_diffdis_train.py', 'test_fmnist_recipe.py',
-    'test_fmnist_captions.py', 'test_diffdis_model.py', 'test_diffdis_pairs.py',
+    'test_diffdis_model.py', 'test_diffdis_pairs.py',
     'test_classifier_metric.py', 'test_diffdis_eval.py', 'test_train_loop.py',
     'test_resume.py', 'test_main.py', 'test_export.py', 'test_convolution.py',
 )
@@ -65,12 +70,6 @@ def pytest_xdist_make_scheduler(config, log):
     return None
   config.option.loadscopereorder = False  # HEAVY_FIRST's order, not the most tests first
   return LoadFileScheduling(config, log)
-
-from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
-from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
-
-prepare_torchvision()
-
 
 def tiny_sddit_config(**overrides):
   """configs/demo.py shrunk to depth 2, width 32: compiles in seconds."""
