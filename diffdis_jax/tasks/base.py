@@ -17,11 +17,18 @@ from typing import Any, Callable, ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
+from diffdis_jax import weights
 from diffdis_jax.core.checks import check
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # the modes every task serves; `modes` of a task adds those it implements
 TRAIN_AND_GRID = ('train', 'grid')
+
+
+def latent_scale(config, vae_path: str) -> float:
+  """data.latent_scale, or with 0 the scaling_factor in the config.json of the VAE at
+  `vae_path` (the VAE that made the latents)."""
+  return config.data.latent_scale or float(weights.vae_config(vae_path)['scaling_factor'])
 
 
 def compute_dtype(config):

@@ -113,9 +113,7 @@ class SDDiTTask(base.Task):
     return self.config.sample.vae or self.config.data.vae_path
 
   def latent_scale(self) -> float:
-    """data.latent_scale, or with 0 the scaling_factor in the config.json of the VAE."""
-    return self.config.data.latent_scale or float(
-        weights.vae_config(self.vae_path())['scaling_factor'])
+    return base.latent_scale(self.config, self.vae_path())
 
   @functools.cached_property
   def decoder(self):
