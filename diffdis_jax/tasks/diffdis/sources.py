@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax import weights
 from diffdis_jax.data import captions, pipeline
 from diffdis_jax.data import digits_captions
 from diffdis_jax.data import fashion_mnist
@@ -34,6 +33,7 @@ from diffdis_jax.data import fashion_mnist_captions
 from diffdis_jax.data.digits import load_digits
 from diffdis_jax.eval import image_set_metrics, zeroshot
 from diffdis_jax.eval.eval_json import update_eval_json
+from diffdis_jax.tasks import base
 from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis.pair_encoder import PairEncoder
 from diffdis_jax.tasks.diffdis.text_encoders import CaptionTextEncoder
@@ -128,27 +128,27 @@ class CaptionedClasses(Source):
     """Scores of `params` on the test split, to eval.json's TEST_SECTION with how they
     were made."""
     config = self.config
+    test, fns = self.test_set(), self.task.zeroshot_functions()
     scores = {}
     if config.diffdis.align_mode != 'none':
-      scores.update(self.zeroshot_scores(params))
+      scores.update(self.zeroshot_scores(params, test, fns))
     if config.eval.metric_samples:
       scores.update(self.generation_scores(preview_fn, params, config.eval.metric_samples))
     if self.task.workdir and jax.process_index() == 0:
-      settings = dict(self.task.zeroshot_functions().settings, checkpoint_step=int(step),
+      settings = dict(fns.settings, checkpoint_step=int(step),
                       metric_samples=config.eval.metric_samples,
                       prompts={s: len(self.class_prompts(s)[0]) for s in self.prompt_sets},
                       sample_steps=config.diffdis.sample.steps,
                       sample_guidance=config.diffdis.sample.guidance)
       update_eval_json(self.task.workdir, TEST_SECTION,
                        {'metrics': scores, 'settings': settings,
-                        'num_images': len(self.test_set()['label'])})
+                        'num_images': len(test['label'])})
     return scores
 
-  def zeroshot_scores(self, params) -> dict:
-    """Per prompt set: zero-shot top-1/top-5 on the test split with the class prompts as
-    candidates, and image<->caption retrieval recalls, one seeded caption per image."""
-    test = self.test_set()
-    fns = self.task.zeroshot_functions()
+  def zeroshot_scores(self, params, test: dict, fns) -> dict:
+    """Per prompt set: zero-shot top-1/top-5 on the `test` split ({'image', 'label'}) with
+    the class prompts as candidates, and image<->caption retrieval recalls, one seeded
+    caption per image; `fns` is the task's ZeroShotFunctions."""
     preds = fns.predict(params, test['image'])
     scores = {}
     for prompt_set in self.prompt_sets:
@@ -217,14 +217,10 @@ class CaptionedFashionMNIST(CaptionedClasses):
   def images_dir(self) -> str:
     return image_set_metrics.images_dir(self.config)
 
-  def latent_scale(self) -> float:
-    """data.latent_scale, or with 0 the scaling_factor in the VAE's config.json."""
-    return self.config.data.latent_scale or float(
-        weights.vae_config(self.config.data.vae_path)['scaling_factor'])
-
   def examples(self):
+    scale = base.latent_scale(self.config, self.config.data.vae_path)
     return (pipeline.latent_source(self.config.data.dir, self.config.data.split),
-            pipeline.sample_latent(self.latent_scale()))
+            pipeline.sample_latent(scale))
 
   def test_set(self) -> dict:
     """The test images at the VAE's side (padded to 32x32); eval.test_images caps them."""
