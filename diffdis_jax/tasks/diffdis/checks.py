@@ -116,14 +116,14 @@ def check_captioned_digits(config):
   check(m.in_channels == 1 and m.input_size == config.data.image_size,
         'captioned digits are pixels: they need model.in_channels=1 and '
         'model.input_size=data.image_size')
-  check_demo_text_encoder(config, digits_captions)
+  check_captioned_set(config, digits_captions)
 
 
 def check_captioned_fmnist(config):
   """The latent set and its VAE fit the model, the Fashion-MNIST files are there (test
   images, the text encoder's pre-stage, the metric), and a demo text encoder that fits."""
   m, data = config.model, config.data
-  check_demo_text_encoder(config, fashion_mnist_captions)
+  check_captioned_set(config, fashion_mnist_captions)
   check(isinstance(config.eval.test_images, int) and config.eval.test_images >= 0,
         f'eval.test_images must be an integer >= 0 (0: all 10,000), got '
         f'{config.eval.test_images!r}')
@@ -142,7 +142,7 @@ def check_captioned_fmnist(config):
   fashion_mnist.check_dir(images_dir(config))
 
 
-def check_demo_text_encoder(config, captions):
+def check_captioned_set(config, captions):
   """The demo text encoder makes c and e at the widths and length the UNet takes."""
   d, t = config.diffdis, config.text_encoder
   check(t.hidden_size == d.context_dim and t.projection_dim == d.text_dim,

@@ -214,7 +214,8 @@ class DiffDisTask(base.Task):
     made grey by ITU-R 601 luma, PIL's 'L', when the pixel model or its VAE takes one
     channel). Pixel models take them at their own side; latent models take s = their side
     times the VAE's downsampling (8 for SD), through the VAE's encoder (`self.vae`; posterior
-    mean times its scaling factor: the latents the UNet learned from). Batches of `diffdis.zeroshot.batch`, the last one padded: one compile, and a row's
+    mean times its scaling factor: the latents the UNet learned from). Batches of
+    `diffdis.zeroshot.batch`, the last one padded: one compile, and a row's
     noise does not depend on how full its batch is. Every batch uses the same key, so a
     dataset's scores do not depend on which datasets ran before it. With `mesh`, outputs come
     back replicated (readable on every process).
