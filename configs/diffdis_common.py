@@ -117,6 +117,33 @@ def diffdis_eval() -> ml_collections.ConfigDict:
   return ev
 
 
+def captioned_demo(config, captions, *, input_size: int, in_channels: int, channels: tuple,
+                   norm_num_groups: int, **text_encoder) -> ml_collections.ConfigDict:
+  """A captioned CPU demo's model and text side (configs/demo_diffdis.py,
+  configs/fmnist_diffdis.py): a two-level UNet with cross-attention at the input side, and
+  `config.text_encoder` (a tiny CLIP trained from scratch in a pre-stage, then frozen:
+  tasks/diffdis/text_encoders.py) whose widths c and e take, for the captions of `captions`
+  (a data/*_captions.py module)."""
+  m = config.model
+  m.input_size, m.in_channels = input_size, in_channels
+  m.block_out_channels = channels
+  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
+  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
+  m.layers_per_block = 1
+  m.attention_head_dim = 4                        # heads (diffusers' name)
+  m.norm_num_groups = norm_num_groups
+
+  config.text_encoder = ml_collections.ConfigDict(dict(
+      num_hidden_layers=2, num_attention_heads=4, seed=0, **text_encoder))
+  d = config.diffdis
+  d.text_dim = config.text_encoder.projection_dim
+  d.context_dim = config.text_encoder.hidden_size
+  d.context_length = captions.MAX_LENGTH
+  d.head_blocks = 1
+  d.positives = 'same_label'      # captions made from labels: every image of a class shares
+  return config                   # its content
+
+
 def diffdis_config() -> ml_collections.ConfigDict:
   """The shared fields (configs/common.py) less SD-DiT's, plus the UNet, `diffdis`, `init` and
   DiffDis' own `eval` section."""

@@ -15,8 +15,6 @@ sample_class_acc; all to metrics.jsonl, and with --mode=eval to eval.json.
 
 Paths default to `make fmnist`'s layout under workdirs/fmnist/ (run from the repository root).
 """
-import ml_collections
-
 from configs import diffdis_common
 from diffdis_jax.data import fashion_mnist
 from diffdis_jax.data import fashion_mnist_captions as captions
@@ -33,26 +31,12 @@ def get_config():
   config.data.extract.source = 'fashion_mnist'
   config.data.extract.source_dir = fashion_mnist.DEBIAN_DIR  # the test images and the metric's
 
-  m = config.model
-  m.input_size, m.in_channels = 8, 4
-  m.block_out_channels = (64, 128)
-  m.down_block_types = ('CrossAttnDownBlock2D', 'DownBlock2D')
-  m.up_block_types = ('UpBlock2D', 'CrossAttnUpBlock2D')
-  m.layers_per_block = 1
-  m.attention_head_dim = 4                        # heads (diffusers' name)
-  m.norm_num_groups = 16
-
-  config.text_encoder = ml_collections.ConfigDict(dict(
-      hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-      projection_dim=64, image_hidden=256, pretrain_steps=600, pretrain_batch=256,
-      pretrain_lr=2e-3, seed=0))
-
+  # the VAE's 8x8x4 latents
+  diffdis_common.captioned_demo(
+      config, captions, input_size=8, in_channels=4, channels=(64, 128), norm_num_groups=16,
+      hidden_size=64, intermediate_size=128, projection_dim=64, image_hidden=256,
+      pretrain_steps=600, pretrain_batch=256, pretrain_lr=2e-3)
   d = config.diffdis
-  d.text_dim = config.text_encoder.projection_dim
-  d.context_dim = config.text_encoder.hidden_size
-  d.context_length = captions.MAX_LENGTH
-  d.head_blocks = 1
-  d.positives = 'same_label'      # captions made from class names: a class shares content
   d.zeroshot.steps = 10
   d.zeroshot.batch = 500
   d.sample.steps = 20
