@@ -1,5 +1,5 @@
 """launch/main.py answers bad input with one line and exit status 2, writing nothing."""
-import concurrent.futures
+import json
 import os
 import pickle
 import subprocess
@@ -78,6 +78,20 @@ def _run(args, workdir):
   return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _run_forked(argvs, scratch):
+  """launch/main.py once per argument list, each a process forked after the imports
+  (tests/forked_main.py): the same answers as `_run`'s, a tenth of the start-up."""
+  cases, results = scratch / 'cases.json', scratch / 'results.json'
+  cases.write_text(json.dumps(argvs))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'forked_main.py'),
+                         str(cases), str(results)], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(results.read_text())
+
+
 class _Unpickled:
   """Unpickling this creates the file `path`: a loader that unpickles leaves evidence."""
 
@@ -119,12 +133,13 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):
     w.mkdir()
     (w / 'keep.txt').write_text('precious')
     workdirs.append(w)
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    results = list(pool.map(lambda a: _run(a[0][0], str(a[1])), zip(cases, workdirs)))
+  argvs = [args if any(a.startswith('--workdir=') for a in args) else [*args, f'--workdir={w}']
+           for (args, _), w in zip(cases, workdirs)]
+  results = _run_forked(argvs, tmp_path)
   for (args, words), w, r in zip(cases, workdirs, results):
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode != 0, (args, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith(('error:', 'FATAL')), (args, r.stderr)
+    lines = [l for l in r['stderr'].splitlines() if l.strip()]
+    assert r['returncode'] != 0, (args, r['stderr'])
+    assert len(lines) == 1 and lines[0].startswith(('error:', 'FATAL')), (args, r['stderr'])
     assert words in lines[0], (args, lines[0])
     assert sorted(os.listdir(w)) == ['keep.txt'] and (w / 'keep.txt').read_text() == 'precious'
   assert _snapshot(files) == before  # nothing unpickled, nothing written beside the files

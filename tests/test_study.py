@@ -38,7 +38,10 @@ DIFFDIS_RUN = ['--study=diffdis', '--only=diffdis,gen_only', '--steps=3', *TOY, 
 
 def _run(args, timeout=1200):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device: fastest compiles
-  return subprocess.run([sys.executable, 'launch/study.py', *args], cwd=ROOT, env=env,
+  # the test session's compilation cache (conftest.py) instead of one per --out: the studies
+  # below train the same tiny variants under several --out folders
+  cache = [f'--compile_cache={os.environ["DIFFDIS_TEST_COMPILE_CACHE"]}']
+  return subprocess.run([sys.executable, 'launch/study.py', *cache, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
