@@ -17,7 +17,8 @@ from diffdis_jax.modes.run import build_trainer
 from test_stable_diffusion_folder import MAX_TOKENS, sd_folder, tiny_diffdis_config  # noqa: F401
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
-STEPS, LOG_EVERY = 200, 10
+# 100 steps reach zero-shot top-1 0.69 on this data (0.87 after 200), against the 0.3 asserted
+STEPS, LOG_EVERY = 100, 10
 
 
 def tiny_demo_config(**overrides):
