@@ -71,6 +71,16 @@ def pytest_xdist_make_scheduler(config, log):
   config.option.loadscopereorder = False  # HEAVY_FIRST's order, not the most tests first
   return LoadFileScheduling(config, log)
 
+# XLA:CPU without LLVM's optimisations: compiles in about half the time, runs slower; what
+# tests that compile a train step or a gradient once and run it a few times want
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+def compile_fast(fn, *args):
+  """jax.jit(fn) compiled for `args` with FAST_COMPILE."""
+  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)
+
+
 def tiny_sddit_config(**overrides):
   """configs/demo.py shrunk to depth 2, width 32: compiles in seconds."""
   from configs import demo  # pylint: disable=g-import-not-at-top

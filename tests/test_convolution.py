@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 from configs import demo_diffdis
+from conftest import compile_fast
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
 from diffdis_jax.nn import convolution, layers
@@ -138,7 +139,7 @@ def test_unet_gives_the_same_output_and_gradients_with_either_convolution():
 
   def grads(impl):
     loss = lambda p: jnp.mean(unet(impl).apply(p, x, 3.0, context) ** 2)
-    return jax.jit(jax.value_and_grad(loss))(params)
+    return compile_fast(jax.value_and_grad(loss), params)(params)
 
   (ref_loss, ref_grads), (loss, grads_) = grads('xla'), grads('im2col')
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import compile_fast
 from diffdis_jax.nn.diffdis import init_inputs, is_new_param, split_params, with_unet_params
 from diffdis_jax.nn.unet import UNet2DCondition
 from diffdis_testlib import (CTX_DIM, CTX_LEN, SIDE, TEXT_DIM, UNET, abstract_params,
@@ -135,11 +136,9 @@ def _text_and_generation_loss(model):
 
 
 def _value_and_grad(fn, params):
-  """One compile for the value and the gradients, without LLVM's optimisations: the UNet's
-  gradient compile is the test's cost, and both sides are compiled alike."""
-  compiled = jax.jit(jax.value_and_grad(fn)).lower(params).compile(
-      {'xla_backend_optimization_level': 0})
-  return jax.device_get(compiled(params))
+  """One compile for the value and the gradients (the UNet's gradient compile is the cost),
+  both models compiled alike."""
+  return jax.device_get(compile_fast(jax.value_and_grad(fn), params)(params))
 
 
 @functools.cache

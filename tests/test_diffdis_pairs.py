@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import apply_overrides
+from conftest import FAST_COMPILE, apply_overrides
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
 from diffdis_jax.data import digits_captions as cd
@@ -46,7 +46,7 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
   config = tiny_pairs_config(folder, pair_shards)
   check_run(config, 'train', str(tmp_path / 'run'), jax.device_count())
   trainer = build_trainer(config, str(tmp_path / 'run'))
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   task, sd = trainer.task, trainer.task.stable_diffusion
   assert task.pixel_size == 16
 

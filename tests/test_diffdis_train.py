@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import apply_overrides
+from conftest import FAST_COMPILE, apply_overrides
 from configs import demo_diffdis, diffdis_sd15
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
@@ -16,7 +16,6 @@ from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.modes.run import build_trainer
 from test_stable_diffusion_folder import MAX_TOKENS, sd_folder, tiny_diffdis_config  # noqa: F401
 
-FAST_COMPILE = {'xla_backend_optimization_level': 0}
 # 100 steps reach zero-shot top-1 0.69 on this data (0.87 after 200), against the 0.3 asserted
 STEPS, LOG_EVERY = 100, 10
 

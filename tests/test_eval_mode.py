@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import ROOT, tiny_sddit_config
+from conftest import FAST_COMPILE, ROOT, tiny_sddit_config
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.eval import fid, sample_npz
 from diffdis_jax.eval.eval_json import update_eval_json
@@ -142,7 +142,7 @@ def test_fid_during_training_is_logged(files, tmp_path, monkeypatch):
       'eval.fid_every': 2, 'eval.fid_samples': 16, 'sample.batch_size': 8})
   check_run(config, 'train', str(tmp_path), 8)
   trainer = build_trainer(config, str(tmp_path))
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}  # halves the compile
+  trainer.compiler_options = FAST_COMPILE  # halves the compile
   trainer.train()
   fids = [r for r in read_metrics(str(tmp_path)) if 'fid_16' in r]
   assert [r['step'] for r in fids] == [2] and np.isfinite(fids[0]['fid_16'])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import fmnist_diffdis, fmnist_sddit, fmnist_vae
-from conftest import apply_overrides
+from conftest import FAST_COMPILE, apply_overrides
 from diffdis_jax import weights
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.data import fashion_mnist as fm
@@ -50,7 +50,7 @@ def vae_run(images_dir, tmp_path_factory):
   workdir = str(root / 'vae')
   check_run(config, 'train', workdir, jax.device_count())
   trainer = run_modes.build_trainer(config, workdir)
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   trainer.train()
   return root, workdir, trainer.final_scores
 
@@ -118,7 +118,7 @@ def test_latent_sddit_trains_samples_and_is_scored(latents, images_dir):
   workdir = str(root / 'sddit')
   check_run(config, 'train', workdir, jax.device_count())
   trainer = run_modes.build_trainer(config, workdir)
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   trainer.train()
   batch = next(trainer.data_iterator())  # the VAE's scale, read from its config.json
   assert batch['image'].shape == (8, 8, 8, 4)
@@ -167,7 +167,7 @@ def test_latent_diffdis_trains_and_scores_both_prompt_sets(latents, images_dir):
   workdir = str(root / 'diffdis')
   check_run(config, 'train', workdir, jax.device_count())
   trainer = run_modes.build_trainer(config, workdir)
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   trainer.train()
   batch = next(trainer.data_iterator())
   assert batch['image'].shape == (8, 8, 8, 4)

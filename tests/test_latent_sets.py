@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_sddit_config
+from conftest import FAST_COMPILE, tiny_sddit_config
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.data import latent_sets as il
 from diffdis_jax.data import pipeline
@@ -154,7 +154,7 @@ def test_train_step_on_extracted_latents(extracted):
     check_run(tiny_sddit_config(**{'data.name': 'latents', 'data.dir': out,
                                    'model.num_classes': 1000}), 'train', out)
   trainer = build_trainer(config, out, devices=jax.devices()[:1])  # one device: faster compile
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   batch = next(trainer.data_iterator())
   assert batch['image'].shape == (8, 8, 8, 4) and batch['label'].shape == (8,)
   assert set(np.unique(batch['label'])) <= {0, 1}

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from conftest import ROOT, tiny_sddit_config
+from conftest import FAST_COMPILE, ROOT, tiny_sddit_config
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.modes.run import build_trainer
 from diffdis_jax.train.metrics_log import read_metrics
@@ -91,7 +91,7 @@ def test_two_processes_match_one(tmp_path):
   try:
     # the single-process run (this process: 8 devices) compiles while the children do
     trainer = build_trainer(config, single)
-    trainer.compiler_options = {'xla_backend_optimization_level': 0}
+    trainer.compiler_options = FAST_COMPILE
     expected = trainer.train()
     # a process that fails leaves the other waiting in a collective: stop at the first failure
     deadline = time.monotonic() + TIMEOUT_S

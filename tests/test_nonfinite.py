@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_sddit_config
+from conftest import FAST_COMPILE, ROOT, tiny_sddit_config
 from test_multiprocess import _flags as config_flags
 from diffdis_jax.train import checkpoint as ckpt_lib
 from diffdis_jax.modes.run import build_trainer
@@ -47,7 +47,7 @@ def cli_run(tmp_path_factory):
 def compiled_step(cli_run):
   del cli_run  # started before this compile
   trainer = build_trainer(tiny_sddit_config(**OVERRIDES), '/nonexistent', jax.devices()[:1])
-  trainer.compiler_options = {'xla_backend_optimization_level': 0}
+  trainer.compiler_options = FAST_COMPILE
   return trainer.compile_step(), trainer.compile_seconds
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_sddit_config
+from conftest import FAST_COMPILE, tiny_sddit_config
 from diffdis_jax.parallel import footprint
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.modes.run import build_trainer
@@ -21,7 +21,6 @@ from diffdis_jax.train.metrics_log import read_metrics
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2)]
 TOL = 1e-5
 # LLVM at -O0 halves the CPU compile of the step; every run here compiles the same way
-FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
 
 def _config(shape, **overrides):
