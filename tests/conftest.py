@@ -71,6 +71,7 @@ def pytest_xdist_make_scheduler(config, log):
   config.option.loadscopereorder = False  # HEAVY_FIRST's order, not the most tests first
   return LoadFileScheduling(config, log)
 
+
 # XLA:CPU without LLVM's optimisations: compiles in about half the time, runs slower; what
 # tests that compile a train step or a gradient once and run it a few times want
 FAST_COMPILE = {'xla_backend_optimization_level': 0}

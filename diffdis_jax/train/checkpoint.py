@@ -161,7 +161,8 @@ class Checkpointer:
 
 
 def _write_replicas_in_parallel(enabled: bool):
-  """orbax's handler for jax.Array, with or without its replica-parallel writes.
+  """orbax's handler for jax.Array (its registry is process-wide), with or without its
+  replica-parallel writes.
 
   Replica-parallel splits each replicated array between the replicas that hold it, so that
   several hosts share its writing. It slices every array on every device with a jit'd slice,
