@@ -3,8 +3,8 @@
   XLA_FLAGS= python bench/profile_compile.py --config=configs/demo_diffdis.py
 
 Builds the config's Trainer (nothing is trained; a task that needs a pre-stage, such as the
-DiffDis text encoder, is only lowered against its abstract state), lowers the train step as
-`Trainer.compile_step` does, and compiles it under `jax.profiler.trace`. Prints JSON lines:
+DiffDis text encoder, is only lowered against its abstract state), lowers the train step
+(`Trainer.lower_step`, what `Trainer.compile_step` compiles), and compiles it under `jax.profiler.trace`. Prints JSON lines:
 the trace-and-lower and compile wall times, then each event of XLA's compiler thread longer
 than `--min-seconds` in start order (HLO passes, thunk emission, LLVM code generation), with
 its start offset. Events nest: a phase's children follow it.
@@ -25,7 +25,6 @@ import jax  # noqa: E402
 
 from train_step import config_from_file  # noqa: E402  (bench/train_step.py)
 from diffdis_jax.modes.run import build_trainer  # noqa: E402
-from diffdis_jax.parallel import mesh as mesh_lib  # noqa: E402
 
 
 def compiler_events(trace_dir: str, min_seconds: float):
@@ -53,10 +52,8 @@ def main():
 
   config = config_from_file(args.config)
   trainer = build_trainer(config, tempfile.mkdtemp(prefix='profile_compile_'))
-  jitted = trainer.jitted_step()
   t0 = time.perf_counter()
-  with mesh_lib.activation_rules(trainer.mesh, config.axis_rules):
-    lowered = jitted.lower(trainer.abstract_target(), trainer.abstract_batch())
+  lowered = trainer.lower_step()
   lower_s = time.perf_counter() - t0
   options = (None if args.xla_opt_level < 0
              else {'xla_backend_optimization_level': args.xla_opt_level})

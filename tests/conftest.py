@@ -26,18 +26,18 @@ prepare_torchvision()
 # xdist) makes the folder and removes it at the end; the workers it starts inherit the path.
 # jax writes each entry under a file lock, so two workers can share it. Subprocesses that
 # tests start (launch/main.py, launch/study.py) do not read this variable.
-_CACHE_ENV = 'DIFFDIS_TEST_COMPILE_CACHE'
-_OWN_CACHE = _CACHE_ENV not in os.environ
+COMPILE_CACHE_ENV = 'DIFFDIS_TEST_COMPILE_CACHE'
+_OWN_CACHE = COMPILE_CACHE_ENV not in os.environ
 if _OWN_CACHE:
-  os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix='diffdis_test_xla_cache_')
-jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
+  os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix='diffdis_test_xla_cache_')
+jax.config.update('jax_compilation_cache_dir', os.environ[COMPILE_CACHE_ENV])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:
-    shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
+    shutil.rmtree(os.environ.pop(COMPILE_CACHE_ENV), ignore_errors=True)
 
 
 # The files that take minutes on 2 cores, most expensive first (`make test --durations`).

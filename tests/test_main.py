@@ -69,13 +69,21 @@ BAD_INPUTS = [
 ]
 
 
-def _run(args, workdir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  argv = [sys.executable, 'launch/main.py', *args]
+def _env():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+              JAX_PLATFORMS='cpu')
+
+
+def _with_workdir(args, workdir):
+  """`args` with --workdir=`workdir` added, unless they name one (or `workdir` is None)."""
   if workdir and not any(a.startswith('--workdir=') for a in args):
-    argv.append(f'--workdir={workdir}')
-  return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return [*args, f'--workdir={workdir}']
+  return list(args)
+
+
+def _run(args, workdir):
+  return subprocess.run([sys.executable, 'launch/main.py', *_with_workdir(args, workdir)],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
 def _run_forked(argvs, scratch):
@@ -83,10 +91,8 @@ def _run_forked(argvs, scratch):
   (tests/forked_main.py): the same answers as `_run`'s, a tenth of the start-up."""
   cases, results = scratch / 'cases.json', scratch / 'results.json'
   cases.write_text(json.dumps(argvs))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'forked_main.py'),
-                         str(cases), str(results)], cwd=ROOT, env=env, capture_output=True,
+                         str(cases), str(results)], cwd=ROOT, env=_env(), capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(results.read_text())
@@ -133,9 +139,8 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):
     w.mkdir()
     (w / 'keep.txt').write_text('precious')
     workdirs.append(w)
-  argvs = [args if any(a.startswith('--workdir=') for a in args) else [*args, f'--workdir={w}']
-           for (args, _), w in zip(cases, workdirs)]
-  results = _run_forked(argvs, tmp_path)
+  results = _run_forked([_with_workdir(args, w) for (args, _), w in zip(cases, workdirs)],
+                        tmp_path)
   for (args, words), w, r in zip(cases, workdirs, results):
     lines = [l for l in r['stderr'].splitlines() if l.strip()]
     assert r['returncode'] != 0, (args, r['stderr'])

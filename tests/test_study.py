@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from configs.study import STUDIES
+from conftest import COMPILE_CACHE_ENV
 from diffdis_jax.study import curves, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def _run(args, timeout=1200):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device: fastest compiles
   # the test session's compilation cache (conftest.py) instead of one per --out: the studies
   # below train the same tiny variants under several --out folders
-  cache = [f'--compile_cache={os.environ["DIFFDIS_TEST_COMPILE_CACHE"]}']
+  cache = [f'--compile_cache={os.environ[COMPILE_CACHE_ENV]}']
   return subprocess.run([sys.executable, 'launch/study.py', *cache, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -36,7 +36,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    _write_replicas_in_parallel(jax.process_count() > 1)
+    _write_replicas_in_parallel(None if jax.process_count() > 1 else False)
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     # a save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*: never a checkpoint
@@ -160,15 +160,15 @@ class Checkpointer:
     self.manager.close()
 
 
-def _write_replicas_in_parallel(enabled: bool):
+def _write_replicas_in_parallel(enabled: bool | None):
   """orbax's handler for jax.Array (its registry is process-wide), with or without its
   replica-parallel writes.
 
   Replica-parallel splits each replicated array between the replicas that hold it, so that
   several hosts share its writing. It slices every array on every device with a jit'd slice,
   one compile per shape and device at a process's first save: 336 compiles and 17 s for the
-  tiny DiffDis state on 8 CPU devices, where one process writes every byte anyway. It stays
-  on (orbax's default) when there are several processes to share the work.
+  tiny DiffDis state on 8 CPU devices, where one process writes every byte anyway. With
+  several processes, `enabled=None` keeps orbax's own choice (on, except on GPUs).
   """
   # as orbax registers its default handler, metadata store included (not exported publicly)
   from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top

@@ -67,13 +67,16 @@ class Trainer:
                    out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
                    donate_argnums=0)
 
+  def lower_step(self):
+    """The train step lowered for the state and batch shardings, under the mesh's activation
+    rules: what `compile_step` compiles (bench/profile_compile.py times the two apart)."""
+    with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
+      return self.jitted_step().lower(self.abstract_target(), self.abstract_batch())
+
   def compile_step(self):
     """The train step, compiled ahead of time for the state and batch shardings."""
-    jitted = self.jitted_step()
     t0 = time.perf_counter()
-    with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
-      lowered = jitted.lower(self.abstract_target(), self.abstract_batch())
-    compiled = lowered.compile(self.compiler_options)
+    compiled = self.lower_step().compile(self.compiler_options)
     self.compile_seconds = time.perf_counter() - t0
     logging.info('train step compiled in %.1f s', self.compile_seconds)
     return compiled
