@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_sddit_config
+from conftest import compile_fast, tiny_sddit_config
 from diffdis_jax.tasks import make_task
 from diffdis_jax.objectives import sddit
 from diffdis_jax.train import step as step_lib
@@ -16,7 +16,8 @@ def _setup(config):
   model = task.build_model()
   tx = step_lib.make_optimizer(config)
   init = step_lib.make_init_fn(model, tx, sddit, config, task.init_params)
-  state = jax.jit(lambda r: nn.unbox(init(r)))(jax.random.PRNGKey(0))
+  key = jax.random.PRNGKey(0)
+  state = compile_fast(lambda r: nn.unbox(init(r)), key)(key)
   # leave the zero-initialised regime so every path carries gradient
   params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
                         state.params)
@@ -31,7 +32,8 @@ def _grads(model, config, state, batch, wrt):
   def loss(params, aux):
     return sddit.loss_fn(params, batch, jax.random.PRNGKey(3), aux, state.step, model=model,
                          config=config)[0]
-  return jax.jit(jax.grad(loss, argnums=wrt))(state.params, state.aux)
+  return compile_fast(jax.grad(loss, argnums=wrt), state.params, state.aux)(state.params,
+                                                                          state.aux)
 
 
 def test_teacher_gets_no_gradient_and_the_student_does():
@@ -52,7 +54,7 @@ def test_discriminative_loss_reaches_encoder_and_head_but_not_decoder():
     _, (metrics, _) = sddit.loss_fn(params, batch, jax.random.PRNGKey(3), state.aux, state.step,
                                     model=model, config=config)
     return metrics['dis_loss']
-  grads = jax.jit(jax.grad(dis_only))(state.params)
+  grads = compile_fast(jax.grad(dis_only), state.params)(state.params)
   peak = lambda name: max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[name]))
   assert peak('projection_head') > 0 and peak('blocks_1') > 0
   assert peak('decoder_blocks_0') == 0 and peak('final_layer') == 0
@@ -74,10 +76,20 @@ def test_teacher_and_centre_ema_follow_their_formulas():
   assert float(sddit.teacher_momentum(100, config)) == pytest.approx(1.0)
 
 
+# the train-step tests share one config, so the step compiles once (the session's compilation
+# cache serves the second): a constant EMA decay and no warm-up, for the EMA's formula
+STEP_CONFIG = {'ema_decay': 0.9, 'optim.warmup_steps': 0, 'ema_warmup': False}
+
+
+def _train_step(model, tx, objective, config, state, batch):
+  """One train step, compiled for (state, batch) at FAST_COMPILE."""
+  return compile_fast(step_lib.make_train_step(model, tx, objective, config), state, batch)
+
+
 def test_train_step_updates_sampling_ema_by_its_formula():
-  config = tiny_sddit_config(**{'ema_decay': 0.9, 'optim.warmup_steps': 0, 'ema_warmup': False})
+  config = tiny_sddit_config(**STEP_CONFIG)
   model, tx, state, batch = _setup(config)
-  new, metrics = jax.jit(step_lib.make_train_step(model, tx, sddit, config))(state, batch)
+  new, metrics = _train_step(model, tx, sddit, config, state, batch)(state, batch)
   assert int(new.step) == 1 and int(metrics['finite']) == 1
   jax.tree.map(lambda e, e0, p: np.testing.assert_allclose(e, 0.9 * e0 + 0.1 * p, atol=1e-6),
                new.ema_params, state.ema_params, new.params)
@@ -92,10 +104,10 @@ def test_ema_warmup_schedule():
 
 
 def test_non_finite_step_is_skipped_and_counted():
-  config = tiny_sddit_config()
+  config = tiny_sddit_config(**STEP_CONFIG)
   model, tx, state, batch = _setup(config)
   bad = dict(batch, image=batch['image'].at[0, 0, 0, 0].set(jnp.nan))
-  new, metrics = jax.jit(step_lib.make_train_step(model, tx, sddit, config))(state, bad)
+  new, metrics = _train_step(model, tx, sddit, config, state, bad)(state, bad)
   assert int(metrics['finite']) == 0 and int(new.skipped_steps) == 1 and int(new.step) == 1
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
 
@@ -154,10 +166,9 @@ class _NanGradient:
 
 
 def test_step_with_a_finite_loss_and_a_nan_gradient_is_skipped():
-  config = tiny_sddit_config()
+  config = tiny_sddit_config(**STEP_CONFIG)
   model, tx, state, batch = _setup(config)
-  step = jax.jit(step_lib.make_train_step(model, tx, _NanGradient(), config))
-  new, metrics = step(state, batch)
+  new, metrics = _train_step(model, tx, _NanGradient(), config, state, batch)(state, batch)
   assert np.isfinite(float(metrics['loss']))
   assert int(metrics['finite']) == 0 and int(new.skipped_steps) == 1 and int(new.step) == 1
   jax.tree.map(np.testing.assert_array_equal, new.params, state.params)

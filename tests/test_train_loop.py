@@ -11,6 +11,11 @@ from diffdis_jax.objectives import sddit
 from diffdis_jax.train.workdir import WorkdirMismatch, check_identity
 from diffdis_jax.train.metrics_log import read_metrics
 
+# total_steps shapes SD-DiT's step (the teacher momentum's schedule spans it), so the tests
+# below that train a few steps share one total_steps and stop early with `stop_at`: one
+# compile, then hits in the session's compilation cache
+SHARED_STEP = {'total_steps': 6, 'sample_every': 1000}
+
 
 def _fingerprints(workdir):
   return {r['step']: r['params_fingerprint'] for r in read_metrics(workdir)
@@ -36,12 +41,12 @@ def test_demo_loss_falls_over_a_few_dozen_steps(tmp_path):
 
 
 def test_save_restore_continue_is_bit_identical(tmp_path):
-  overrides = {'log_every': 1, 'checkpoint_every': 3, 'sample_every': 1000}
+  overrides = {**SHARED_STEP, 'log_every': 1, 'checkpoint_every': 3}
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-  build_trainer(tiny_sddit_config(total_steps=6, **overrides), straight).train()
-  build_trainer(tiny_sddit_config(total_steps=6, **overrides), split).train(stop_at=3)
+  build_trainer(tiny_sddit_config(**overrides), straight).train()
+  build_trainer(tiny_sddit_config(**overrides), split).train(stop_at=3)
   assert sorted(os.listdir(os.path.join(split, 'checkpoints')))[-1] == '3'
-  state = build_trainer(tiny_sddit_config(total_steps=6, **overrides), split).train()
+  state = build_trainer(tiny_sddit_config(**overrides), split).train()
   assert int(state.step) == 6
   a, b = _fingerprints(straight), _fingerprints(split)
   assert a[6] == b[6] and a[3] == b[3]
@@ -52,20 +57,20 @@ def test_save_restore_continue_is_bit_identical(tmp_path):
 
 
 def test_resume_drops_log_lines_past_the_checkpoint(tmp_path):
-  config = tiny_sddit_config(total_steps=3, log_every=1, checkpoint_every=2, sample_every=1000)
+  config = tiny_sddit_config(**SHARED_STEP, log_every=1, checkpoint_every=2)
   build_trainer(config, str(tmp_path)).train(stop_at=2)
   with open(tmp_path / 'metrics.jsonl', 'a') as f:  # what a run killed after step 2 left
     f.write(json.dumps({'step': 3, 'loss': 1.0}) + '\n{"step": 4, "lo')
-  build_trainer(config, str(tmp_path)).train()
+  build_trainer(config, str(tmp_path)).train(stop_at=3)
   steps = [r['step'] for r in read_metrics(str(tmp_path)) if 'loss' in r]
   assert steps == [1, 2, 3]
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):
-  config = tiny_sddit_config(total_steps=2, sample_every=1000)
-  build_trainer(config, str(tmp_path)).train()
+  config = tiny_sddit_config(**SHARED_STEP)
+  build_trainer(config, str(tmp_path)).train(stop_at=2)
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
-  other = tiny_sddit_config(total_steps=2, **{'model.width': 64})
+  other = tiny_sddit_config(**SHARED_STEP, **{'model.width': 64})
   try:
     check_identity(other, sddit, str(tmp_path))
     raise AssertionError('expected WorkdirMismatch')
