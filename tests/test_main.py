@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import safetensors.numpy
 
+from forked_main import run_forked
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = '--config=configs/demo.py'
 VAE = '--config=configs/fmnist_vae.py'
@@ -89,13 +91,7 @@ def _run(args, workdir):
 def _run_forked(argvs, scratch):
   """launch/main.py once per argument list, each a process forked after the imports
   (tests/forked_main.py): the same answers as `_run`'s, a tenth of the start-up."""
-  cases, results = scratch / 'cases.json', scratch / 'results.json'
-  cases.write_text(json.dumps(argvs))
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'forked_main.py'),
-                         str(cases), str(results)], cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(results.read_text())
+  return run_forked(argvs, scratch, _env())
 
 
 class _Unpickled:

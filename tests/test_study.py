@@ -11,6 +11,7 @@ import pytest
 
 from configs.study import STUDIES
 from conftest import COMPILE_CACHE_ENV
+from forked_main import run_forked
 from diffdis_jax.study import curves, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,13 +38,19 @@ SDDIT_RUN = ['--study=sddit', '--only=dit,sddit', '--steps=4', '--eval_at=2', *T
 DIFFDIS_RUN = ['--study=diffdis', '--only=diffdis,gen_only', '--steps=3', *TOY, *DIFFDIS_TINY]
 
 
-def _run(args, timeout=1200):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device: fastest compiles
+def _env():
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device: fastest compiles
+
+
+def _cache_flag():
   # the test session's compilation cache (conftest.py) instead of one per --out: the studies
   # below train the same tiny variants under several --out folders
-  cache = [f'--compile_cache={os.environ[COMPILE_CACHE_ENV]}']
-  return subprocess.run([sys.executable, 'launch/study.py', *cache, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return [f'--compile_cache={os.environ[COMPILE_CACHE_ENV]}']
+
+
+def _run(args, timeout=1200):
+  return subprocess.run([sys.executable, 'launch/study.py', *_cache_flag(), *args], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _error_line(proc) -> str:
@@ -260,13 +267,18 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize('args,words', BAD_INPUTS)
-def test_bad_input_one_line_nothing_written(tmp_path, args, words):
-  target = tmp_path / 'new'
-  proc = _run([a.format(out=target) for a in args])
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert words in _error_line(proc)
-  assert not target.exists()
+def test_bad_input_one_line_nothing_written(tmp_path):
+  """Every case in a process forked after the imports (tests/forked_main.py), each with its
+  own --out: exit status 2, one `error:` line with the words, nothing written."""
+  targets = [tmp_path / f'new{i}' for i in range(len(BAD_INPUTS))]
+  argvs = [[*_cache_flag(), *(a.format(out=target) for a in args)]
+           for (args, _), target in zip(BAD_INPUTS, targets)]
+  results = run_forked(argvs, tmp_path, _env(), script='launch/study.py')
+  for (args, words), target, r in zip(BAD_INPUTS, targets, results):
+    assert r['returncode'] == 2, (args, r['stderr'][-2000:])
+    lines = [l for l in r['stderr'].splitlines() if l.startswith('error:')]
+    assert len(lines) == 1 and words in lines[0], (args, r['stderr'][-2000:])
+    assert not target.exists(), args
 
 
 def test_out_must_be_a_study_folder(tmp_path):
