@@ -1,5 +1,4 @@
 """launch/main.py answers bad input with one line and exit status 2, writing nothing."""
-import json
 import os
 import pickle
 import subprocess
