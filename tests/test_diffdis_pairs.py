@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, apply_overrides
+from conftest import FAST_COMPILE, apply_overrides, compile_fast
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
 from diffdis_jax.data import digits_captions as cd
@@ -59,13 +59,16 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
       k: (v.shape, v.dtype) for k, v in abstract.items()}
   assert batch['image'].sharding == trainer.batch_sharding  # split like the step's batch
   # the same encoders on the host, unsharded: the latent draw of step 1, c and e
+  # (each compiled whole: run op by op, the encoders would compile a few hundred small ops)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  latents = sd.vae.apply({'params': sd.vae_params}, host['image'], rng, method='encode_latents')
-  out = sd.text_encoder.apply({'params': sd.text_encoder_params}, host['input_ids'])
+  encode = lambda *a: sd.vae.apply({'params': sd.vae_params}, *a, method='encode_latents')  # noqa: E731
+  latents = compile_fast(encode, host['image'], rng)(host['image'], rng)
+  text = lambda ids: sd.text_encoder.apply({'params': sd.text_encoder_params}, ids)  # noqa: E731
+  out = compile_fast(text, host['input_ids'])(host['input_ids'])
   np.testing.assert_allclose(batch['image'], latents, atol=2e-5)
   np.testing.assert_allclose(batch['context'], out['last_hidden_state'], atol=2e-5)
   np.testing.assert_allclose(batch['query'], text_query(out, 'eot'), atol=2e-5)
-  mean = sd.vae.apply({'params': sd.vae_params}, host['image'], method='encode_latents')
+  mean = compile_fast(encode, host['image'])(host['image'])
   assert np.abs(np.asarray(batch['image']) - mean).max() > 1e-3  # a draw, not the mean
   step2 = task.prepare_batch(trainer.shard(host), step=2)
   assert not np.allclose(step2['image'], batch['image'])  # a new draw each step

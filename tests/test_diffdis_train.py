@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, apply_overrides
+from conftest import FAST_COMPILE, apply_overrides, compile_fast
 from configs import demo_diffdis, diffdis_sd15
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.modes.checks import check_run
@@ -125,10 +125,13 @@ def test_sd_folder_initialises_the_unet_unchanged(tmp_path, sd_folder):
   x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
   context = rng.standard_normal((2, 5, 32)).astype(np.float32)
   t = np.array([10.0, 700.0], np.float32)
-  ours = trainer.model.apply({'params': state.params}, x, t, context)
-  ema = trainer.model.apply({'params': state.ema_params}, x, t, context)
+  def forward(model, params):  # compiled whole: op by op, a UNet compiles hundreds of ops
+    return compile_fast(lambda p: model.apply({'params': p}, x, t, context), params)
+
   sd = trainer.task.stable_diffusion
-  plain = sd.unet.apply({'params': sd.unet_params}, x, t, context)
+  ours_fn = forward(trainer.model, state.params)
+  ours, ema = ours_fn(state.params), ours_fn(state.ema_params)
+  plain = forward(sd.unet, sd.unet_params)(sd.unet_params)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(plain))  # bit for bit
   np.testing.assert_array_equal(np.asarray(ema), np.asarray(plain))
   with torch.no_grad():
