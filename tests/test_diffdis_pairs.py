@@ -61,9 +61,13 @@ def test_frozen_encoders_make_the_step_batch_and_training_resumes(tmp_path, sd_f
   # the same encoders on the host, unsharded: the latent draw of step 1, c and e
   # (each compiled whole: run op by op, the encoders would compile a few hundred small ops)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  encode = lambda *a: sd.vae.apply({'params': sd.vae_params}, *a, method='encode_latents')  # noqa: E731
+  def encode(*args):
+    return sd.vae.apply({'params': sd.vae_params}, *args, method='encode_latents')
+
+  def text(ids):
+    return sd.text_encoder.apply({'params': sd.text_encoder_params}, ids)
+
   latents = compile_fast(encode, host['image'], rng)(host['image'], rng)
-  text = lambda ids: sd.text_encoder.apply({'params': sd.text_encoder_params}, ids)  # noqa: E731
   out = compile_fast(text, host['input_ids'])(host['input_ids'])
   np.testing.assert_allclose(batch['image'], latents, atol=2e-5)
   np.testing.assert_allclose(batch['context'], out['last_hidden_state'], atol=2e-5)
