@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = 'launch/main.py'
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,unused-import
@@ -52,7 +53,7 @@ def _child(script, args, stderr_path):
     os._exit(code)  # pylint: disable=protected-access
 
 
-def run_cases(cases, script='launch/main.py'):
+def run_cases(cases, script=MAIN):
   script = os.path.join(ROOT, script)
   results = []
   with tempfile.TemporaryDirectory() as scratch:
@@ -67,7 +68,7 @@ def run_cases(cases, script='launch/main.py'):
   return results
 
 
-def run_forked(argvs, scratch, env, script='launch/main.py'):
+def run_forked(argvs, scratch, env, script=MAIN):
   """From a test: `script` once per argument list in `argvs`, each in a child of one fresh
   `python tests/forked_main.py` started with `env`; [{"returncode", "stderr"}] in order.
   `scratch`: a folder (pathlib) for the case and result files."""

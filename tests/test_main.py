@@ -87,12 +87,6 @@ def _run(args, workdir):
                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def _run_forked(argvs, scratch):
-  """launch/main.py once per argument list, each a process forked after the imports
-  (tests/forked_main.py): the same answers as `_run`'s, a tenth of the start-up."""
-  return run_forked(argvs, scratch, _env())
-
-
 class _Unpickled:
   """Unpickling this creates the file `path`: a loader that unpickles leaves evidence."""
 
@@ -134,8 +128,10 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):
     w.mkdir()
     (w / 'keep.txt').write_text('precious')
     workdirs.append(w)
-  results = _run_forked([_with_workdir(args, w) for (args, _), w in zip(cases, workdirs)],
-                        tmp_path)
+  # each case in a process forked after the imports (tests/forked_main.py): the same answers
+  # as `_run`'s, a tenth of the start-up
+  results = run_forked([_with_workdir(args, w) for (args, _), w in zip(cases, workdirs)],
+                       tmp_path, _env())
   for (args, words), w, r in zip(cases, workdirs, results):
     lines = [l for l in r['stderr'].splitlines() if l.strip()]
     assert r['returncode'] != 0, (args, r['stderr'])

@@ -20,7 +20,6 @@ from diffdis_jax.train.metrics_log import read_metrics
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2)]
 TOL = 1e-5
-# LLVM at -O0 halves the CPU compile of the step; every run here compiles the same way
 
 
 def _config(shape, **overrides):
@@ -37,7 +36,7 @@ def _config(shape, **overrides):
 
 def _trainer(config, workdir, devices=None):
   trainer = build_trainer(config, str(workdir), devices=devices)
-  trainer.compiler_options = FAST_COMPILE
+  trainer.compiler_options = FAST_COMPILE  # every run here compiles the same way
   return trainer
 
 

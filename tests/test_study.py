@@ -53,9 +53,9 @@ def _run(args, timeout=1200):
                         env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _error_line(proc) -> str:
-  lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(lines) == 1, proc.stderr[-2000:]
+def _error_line(stderr: str) -> str:
+  lines = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1, stderr[-2000:]
   return lines[0]
 
 
@@ -133,7 +133,7 @@ def test_sddit_study_end_to_end_and_rerun_skips(out):
 
   other = _run([f'--out={out}', *SDDIT_RUN, '--steps=5'])
   assert other.returncode == 2
-  assert 'other settings' in _error_line(other) and 'steps=4' in _error_line(other)
+  assert 'other settings' in _error_line(other.stderr) and 'steps=4' in _error_line(other.stderr)
   assert _snapshot(out / 'sddit') == before
 
 
@@ -276,8 +276,7 @@ def test_bad_input_one_line_nothing_written(tmp_path):
   results = run_forked(argvs, tmp_path, _env(), script='launch/study.py')
   for (args, words), target, r in zip(BAD_INPUTS, targets, results):
     assert r['returncode'] == 2, (args, r['stderr'][-2000:])
-    lines = [l for l in r['stderr'].splitlines() if l.startswith('error:')]
-    assert len(lines) == 1 and words in lines[0], (args, r['stderr'][-2000:])
+    assert words in _error_line(r['stderr']), args
     assert not target.exists(), args
 
 
@@ -285,12 +284,12 @@ def test_out_must_be_a_study_folder(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
   proc = _run(['--study=sddit', f'--out={a_file}'])
-  assert proc.returncode == 2 and 'is a file' in _error_line(proc)
+  assert proc.returncode == 2 and 'is a file' in _error_line(proc.stderr)
   foreign = tmp_path / 'foreign'
   foreign.mkdir()
   (foreign / 'notes.txt').write_text('mine')
   proc = _run(['--study=sddit', f'--out={foreign}'])
-  assert proc.returncode == 2 and 'did not write' in _error_line(proc)
+  assert proc.returncode == 2 and 'did not write' in _error_line(proc.stderr)
   assert sorted(os.listdir(foreign)) == ['notes.txt']
 
 
