@@ -96,6 +96,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0,
            grad_clip=0.0))
+  # the last `fraction` of total_steps at a constant `lr`, with the task's final-phase config:
+  # MaskDiT's unmasked fine-tune (its code: 5e-5 after 1e-4 at 50% masking); 0: no such phase
+  config.final_phase = ml_collections.ConfigDict(dict(fraction=0.0, lr=5e-5))
 
   config.sample = ml_collections.ConfigDict()
   # 'edm': the models trained here | 'ddpm': facebookresearch/DiT's released weights (epsilon,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from configs import common, demo, demo_diffdis, fmnist_diffdis, fmnist_sddit
 from diffdis_jax.study.spec import Scale, Study, Variant
 
-SCALES = ('cpu', 'gpu')
+SCALES = ('cpu', 'cpu_ratio', 'gpu')
 
 
 # The DiT and MaskDiT baselines are the configurations of README.md and docs/paper_notes.md
@@ -28,14 +28,36 @@ DIT_EQUAL_SIZE = Variant(
         config.model.decoder_depth if config.model.decoder_mode == 'separate' else 0)})
 
 
+
+def maskdit_decoder(config) -> dict:
+  """MaskDiT's decoder rule: a separate decoder on top of the whole stack. A scale whose
+  SD-DiT splits its stack (the last blocks decode) gives MaskDiT those blocks back in the
+  encoder and as many separate decoder blocks, at the stack's width."""
+  m = config.model
+  if m.decoder_mode == 'separate':
+    return {}
+  return {'model.decoder_mode': 'separate', 'model.decoder_width': m.width,
+          'model.decoder_heads': m.num_heads}
+
+
+MASKDIT_OVERRIDES = {'model.infill': 'mask_token', 'sddit.gen_loss_tokens': 'visible',
+                     'sddit.masked_recon_weight': 0.1, 'sddit.dis_weight': 0.0,
+                     'sddit.mask_ratio': 0.5}
+MASKDIT = Variant('maskdit', 'MaskDiT-style: 50% masked, learned mask token in the decoder, '
+                  'loss on visible patches + 0.1 x masked reconstruction, no teacher',
+                  MASKDIT_OVERRIDES, derived=maskdit_decoder)
+# MaskDiT's whole recipe: its code fine-tunes without the mask at half the learning rate
+# (5e-5 after 1e-4) for the last ~5% of its updates; here the last 10% at half the study's 1e-3
+MASKDIT_FINETUNE = Variant(
+    'maskdit_finetune', 'MaskDiT-style, then its unmasked fine-tune: the last 10% of the steps '
+    'with no mask at half the learning rate',
+    {**MASKDIT_OVERRIDES, 'final_phase.fraction': 0.1, 'final_phase.lr': 5e-4},
+    derived=maskdit_decoder)
+
 SDDIT_VARIANTS = (
     Variant('dit', 'DiT baseline: the encoder blocks alone, no decoder, no mask, no teacher',
             common.DIT_BASELINE),
-    Variant('maskdit', 'MaskDiT-style: 50% masked, learned mask token in the decoder, loss on '
-            'visible patches + 0.1 x masked reconstruction, no teacher',
-            {'model.infill': 'mask_token', 'sddit.gen_loss_tokens': 'visible',
-             'sddit.masked_recon_weight': 0.1, 'sddit.dis_weight': 0.0,
-             'sddit.mask_ratio': 0.5}),
+    MASKDIT,
     Variant('sddit', 'SD-DiT with its defaults (teacher sigma karras_next, mask 0.2, '
             'lambda 1, patch-level loss, noisy infill)', {}),
     Variant('teacher_sigma_scale', 'SD-DiT, teacher sigma = 0.5 x the student\'s',
@@ -62,7 +84,8 @@ SDDIT_VARIANTS = (
 # its defaults and the two settings that did best on the digits
 FMNIST_VARIANTS = (DIT_EQUAL_SIZE,) + tuple(
     v for v in SDDIT_VARIANTS
-    if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1'))
+    if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1')) + (
+        MASKDIT_FINETUNE,)
 
 # configs/diffdis_common.py names these baselines; paper §4 compares against them
 DIFFDIS_VARIANTS = (
@@ -88,6 +111,16 @@ FMNIST_CPU = {**FMNIST_STUDY_DEFAULTS,
               'model.head': dict(hidden=256, bottleneck=64, out_dim=256, num_layers=3),
               'batch_size': 32, 'optim.lr': 1e-3, 'optim.warmup_steps': 100,
               'checkpoint_every': 500, 'sample_every': 500}
+
+# SD-DiT at the paper's cost ratio (configs/sddit_s.py's rule): one stack of 6 blocks of width
+# 96 whose last 2 decode (sddit_s: 4 of 12), and a head of twice the width with 512 prototypes:
+# 1.22x DiT's training FLOPs per image, where DiT is the same 6 blocks (bench/flops.py). Three
+# times the 'cpu' scale's images, scored at four marks
+FMNIST_RATIO_STEPS = 3000
+FMNIST_CPU_RATIO = {**FMNIST_CPU, 'model.depth': 6, 'model.decoder_mode': 'split',
+                    'model.decoder_depth': 2,
+                    'model.head': dict(hidden=192, bottleneck=64, out_dim=512, num_layers=3),
+                    'checkpoint_every': 750, 'sample_every': 750}
 
 # DiffDis on the Fashion-MNIST latents: configs/fmnist_diffdis.py for a quarter of its steps,
 # scored on 2,000 test images, so that 12 runs fit in about an hour on a 2-core CPU
@@ -133,6 +166,11 @@ STUDIES = {
                     'model.decoder_depth': 4, 'model.decoder_width': 384,
                     'model.decoder_heads': 6, 'batch_size': 256, 'optim.lr': 3e-4,
                     'checkpoint_every': 5000, 'sample_every': 5000, 'sample.steps': 40}),
+            'cpu_ratio': Scale(
+                'SD-DiT at the paper\'s cost ratio on the same latents: 6 blocks of width 96 '
+                '(the last 2 decode; DiT is the same 6 blocks), head 192/64/512, batch 32',
+                steps=FMNIST_RATIO_STEPS, eval_fractions=(0.25, 0.5, 0.75, 1.0), samples=500,
+                overrides=FMNIST_CPU_RATIO),
         },
         metrics=(('fd_fmnist', 'lower'), ('sample_class_acc', 'higher')),
         metric_note='fd_fmnist (Fréchet distance in the features of the project\'s '

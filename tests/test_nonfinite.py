@@ -54,7 +54,7 @@ def compiled_step(cli_run):
 def _trainer(workdir, compiled_step, nonfinite):
   trainer = build_trainer(tiny_sddit_config(nonfinite=nonfinite, **OVERRIDES), str(workdir),
                          jax.devices()[:1])
-  trainer.compile_step = lambda: compiled_step[0]
+  trainer.compile_step = lambda phase=0: compiled_step[0]
   trainer.compile_seconds = compiled_step[1]
   return trainer
 

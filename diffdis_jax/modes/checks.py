@@ -58,6 +58,13 @@ def check_shared_fields(config):
   check(lr > 0 and lr != float('inf'),
         f'optim.lr must be a positive number, got {lr}; pass --config.optim.lr=1e-4')
   one_of(config.nonfinite, NONFINITE_POLICIES, 'nonfinite')
+  phase = config.final_phase
+  check(0.0 <= phase.fraction < 1.0,
+        f'final_phase.fraction must be in [0, 1) (the share of total_steps at the end), got '
+        f'{phase.fraction}; pass --config.final_phase.fraction=0.1, or 0 for none')
+  check(phase.fraction == 0 or 0 < phase.lr < float('inf'),
+        f'final_phase.lr must be a positive number, got {phase.lr}; pass '
+        f'--config.final_phase.lr=5e-5')
   one_of(config.compute_dtype, sorted(COMPUTE_DTYPES), 'compute_dtype')
   m = config.model
   if 'attention_impl' in m:

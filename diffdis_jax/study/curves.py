@@ -76,3 +76,40 @@ def write_curves(results: dict, path: str) -> dict:
   plt.close(fig)
   os.replace(partial, path)
   return drawn
+
+
+TEACHER_PANELS = (
+    ('teacher_usage_entropy', 'entropy of the batch-mean target (nats): log K = all '
+     'prototypes alike, 0 = one wins all'),
+    ('teacher_prototypes_won', 'prototypes that are the argmax of at least one token'),
+    ('teacher_entropy', 'mean entropy of one token\'s target (nats): sharpness'),
+    ('dis_patch_kl', 'KL(teacher target || student), per token (nats)'),
+)
+
+
+def write_teacher_curves(results: dict, path: str):
+  """The teacher's collapse diagnostics against steps, one curve per variant with a teacher
+  (mean over seeds, band from the lowest to the highest seed); PNG at `path`."""
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.2))
+  colors = plt.get_cmap('tab10')
+  for ax, (metric, title) in zip(axes.flat, TEACHER_PANELS):
+    for i, (name, v) in enumerate(results['variants'].items()):
+      data = v.get('teacher', {}).get(metric)
+      if data is None:
+        continue
+      ax.plot(data['steps'], data['mean'], color=colors(i % 10),
+              label=f'{name} (n={len(v["seeds"])})')
+      ax.fill_between(data['steps'], data['min'], data['max'], color=colors(i % 10),
+                      alpha=0.18)
+    ax.set_xlabel('training steps')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.suptitle(f'{results["study"]} study, scale {results["scale"]["name"]}: the teacher\'s '
+               'targets over training (mean over seeds, band min to max)', fontsize=11)
+  fig.tight_layout()
+  partial = path + '.partial.png'
+  fig.savefig(partial, dpi=100)
+  plt.close(fig)
+  os.replace(partial, path)

@@ -1,4 +1,5 @@
-"""The finished runs of a study folder -> DIR/<study>/results.json, table.md and curves.png.
+"""The finished runs of a study folder -> DIR/<study>/results.json, table.md and curves.png
+(and teacher.png: the teacher's collapse diagnostics over training, where runs have a teacher).
 
 Every finished run found under the folder counts, not only those of the latest invocation, so
 a study grown over several commands (more variants, more seeds) is reported whole. The
@@ -19,6 +20,7 @@ from diffdis_jax.core import files
 from diffdis_jax.study import curves
 from diffdis_jax.study.plan import flops_per_image, read_record, write_json
 from diffdis_jax.study.spec import Study
+from diffdis_jax.train.metrics_log import read_metrics
 
 
 ABSENT = 'absent'  # the run did not measure the metric (e.g. zero-shot without a text head)
@@ -70,6 +72,9 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
         'hardware': first.get('hardware'),
         **compute(first, steps, variant_config),
     }
+    teacher = teacher_series(os.path.join(study_dir, v.name), variants[v.name]['seeds'])
+    if teacher:
+      variants[v.name]['teacher'] = teacher
   return {
       'study': study.name,
       'reference': study.reference or None,
@@ -85,6 +90,35 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'variants': variants,
   }
+
+
+# what tells a healthy teacher from a collapsed one (objectives/sddit.teacher_diagnostics),
+# logged at every log step of an SD-DiT run
+TEACHER_METRICS = ('teacher_entropy', 'teacher_usage_entropy', 'teacher_prototypes_won',
+                   'dis_patch_kl')
+
+
+def teacher_series(variant_dir: str, seeds) -> dict:
+  """{metric: {'steps': [...], 'mean': [...], 'min': [...], 'max': [...]}} over the seeds'
+  metrics.jsonl, at the logged steps every seed has; {} for a run without a teacher."""
+  per_seed = []
+  for seed in seeds:
+    path = os.path.join(variant_dir, f'seed{seed}', 'metrics.jsonl')
+    if not os.path.exists(path):
+      return {}
+    per_seed.append({r['step']: r for r in read_metrics(os.path.dirname(path))
+                     if 'teacher_usage_entropy' in r})
+  steps = sorted(set.intersection(*(set(rows) for rows in per_seed))) if per_seed else []
+  if not steps:
+    return {}
+  out = {}
+  for metric in TEACHER_METRICS:
+    if metric not in per_seed[0][steps[0]]:
+      continue
+    values = [[rows[s][metric] for rows in per_seed] for s in steps]
+    out[metric] = {'steps': steps, 'mean': [math.fsum(v) / len(v) for v in values],
+                   'min': [min(v) for v in values], 'max': [max(v) for v in values]}
+  return out
 
 
 def compute(record: dict, marks, variant_config) -> dict:
@@ -220,4 +254,6 @@ def write_report(study: Study, study_dir: str, saved_settings: dict, command: st
   write_json(os.path.join(study_dir, 'results.json'), results)
   files.write_text(os.path.join(study_dir, 'table.md'), table_markdown(results))
   curves.write_curves(results, os.path.join(study_dir, 'curves.png'))
+  if any('teacher' in v for v in results['variants'].values()):
+    curves.write_teacher_curves(results, os.path.join(study_dir, 'teacher.png'))
   return results

@@ -71,6 +71,11 @@ class Task(abc.ABC):
   def init_params(self, model, rng):
     """Boxed parameters (traced inside the state's init, never run eagerly)."""
 
+  def final_phase_config(self):
+    """The config of the last `final_phase.fraction` of training, which trains at
+    `final_phase.lr`: by default the run's own; a method may change more (SD-DiT: no mask)."""
+    return self.config
+
   def finish_init(self, state, shardings):
     """The fresh state with host-side values `init` cannot trace (pretrained weights, the
     empty prompt's embedding), placed with `shardings`."""

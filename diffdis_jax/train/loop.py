@@ -34,6 +34,11 @@ class Trainer:
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.model = task.build_model()
     self.objective = task.objective
+    # the configs the step is compiled from: the run's, then the final phase's (if any), which
+    # the task derives (SD-DiT and MaskDiT: no mask); `phase_start` steps come before it
+    self.phase_start = step_lib.final_phase_start(config)
+    self.phase_configs = (config,) if self.phase_start is None else (
+        config, task.final_phase_config())
     self.tx = step_lib.make_optimizer(config)
     init_fn = step_lib.make_init_fn(self.model, self.tx, self.objective, config,
                                     init_params=self.task.init_params)
@@ -59,26 +64,32 @@ class Trainer:
   def abstract_batch(self):
     return self.task.abstract_batch(self.batch_sharding)
 
-  def jitted_step(self):
+  def phase(self, step: int) -> int:
+    """Which of `phase_configs` trains step `step` (1-based, as the loop counts)."""
+    return int(self.phase_start is not None and step > self.phase_start)
+
+  def jitted_step(self, phase: int = 0):
     """The train step jitted with the state and batch shardings, the state donated: what
     `compile_step` compiles here, and what bench/export.py lowers for other platforms."""
-    step_fn = step_lib.make_train_step(self.model, self.tx, self.objective, self.config)
+    step_fn = step_lib.make_train_step(self.model, self.tx, self.objective,
+                                       self.phase_configs[phase])
     return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, mesh_lib.replicated(self.mesh)),
                    donate_argnums=0)
 
-  def lower_step(self):
+  def lower_step(self, phase: int = 0):
     """The train step lowered for the state and batch shardings, under the mesh's activation
     rules: what `compile_step` compiles (bench/profile_compile.py times the two apart)."""
     with mesh_lib.activation_rules(self.mesh, self.config.axis_rules):
-      return self.jitted_step().lower(self.abstract_target(), self.abstract_batch())
+      return self.jitted_step(phase).lower(self.abstract_target(), self.abstract_batch())
 
-  def compile_step(self):
-    """The train step, compiled ahead of time for the state and batch shardings."""
+  def compile_step(self, phase: int = 0):
+    """The train step of `phase`, compiled ahead of time for the state and batch shardings."""
     t0 = time.perf_counter()
-    compiled = self.lower_step().compile(self.compiler_options)
+    compiled = self.lower_step(phase).compile(self.compiler_options)
     self.compile_seconds = time.perf_counter() - t0
-    logging.info('train step compiled in %.1f s', self.compile_seconds)
+    logging.info('train step%s compiled in %.1f s', f' (final phase, after step '
+                 f'{self.phase_start})' if phase else '', self.compile_seconds)
     return compiled
 
   def data_iterator(self):
@@ -131,7 +142,8 @@ class Trainer:
                                                   asynchronous=True)
     if start == 0:
       writer.write_hparams({k: v for k, v in _flat(config).items()})
-    train_step = self.compile_step()
+    phase = self.phase(start + 1)
+    train_step = self.compile_step(phase)
     sample_fn = self.task.make_preview_fn(self.model)
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                              every_steps=config.log_every)]
@@ -145,6 +157,9 @@ class Trainer:
     # periodic evaluations of the EMA params, e.g. SD-DiT's FID every eval.fid_every steps
     eval_hooks = self.task.eval_hooks(self.model, self.mesh)
     for step in range(start + 1, last + 1):
+      if self.phase(step) != phase:  # the final phase's step: compiled when it is reached
+        phase = self.phase(step)
+        train_step = self.compile_step(phase)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = self.task.prepare_batch(self.shard(next(data_it)), step)
         state, metrics = train_step(state, batch)

@@ -17,9 +17,31 @@ from diffdis_jax.train.state import TrainState
 NONFINITE_POLICIES = ('skip', 'stop')
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def final_phase_start(config) -> int | None:
+  """Steps trained before the final phase (`config.final_phase`), or None without one: the
+  last `fraction` of total_steps, at least one step."""
+  fraction = config.final_phase.fraction
+  if fraction <= 0:
+    return None
+  return config.total_steps - max(1, round(fraction * config.total_steps))
+
+
+def learning_rate(config) -> optax.Schedule:
+  """Linear warm-up to optim.lr, then constant; in the final phase, final_phase.lr."""
   o = config.optim
-  schedule = optax.linear_schedule(0.0, o.lr, o.warmup_steps) if o.warmup_steps > 0 else o.lr
+  main = (optax.linear_schedule(0.0, o.lr, o.warmup_steps) if o.warmup_steps > 0
+          else optax.constant_schedule(o.lr))
+  start = final_phase_start(config)
+  if start is None:
+    return main
+  return optax.join_schedules([main, optax.constant_schedule(config.final_phase.lr)], [start])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW on `learning_rate(config)`. Its schedule counts applied updates, so after a
+  skipped (non-finite) step the final phase's rate starts one step late."""
+  o = config.optim
+  schedule = learning_rate(config)
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
   return optax.chain(*chain)
@@ -80,7 +102,7 @@ def make_train_step(model, tx, objective, config):
     skipped = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, skipped)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.int32),
-                   skipped_steps=new.skipped_steps)
+                   skipped_steps=new.skipped_steps, lr=learning_rate(config)(state.step))
     return new, metrics
   return train_step
 

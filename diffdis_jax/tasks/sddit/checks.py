@@ -61,7 +61,34 @@ def check_objective(config):
   one_of(s.gen_loss_tokens, GEN_LOSS_TOKENS, 'sddit.gen_loss_tokens')
   check(not (s.gen_loss_tokens == 'visible' and s.mask_ratio == 0 and s.masked_recon_weight),
         'sddit.masked_recon_weight needs a mask: set sddit.mask_ratio > 0')
+  if s.dis_weight > 0:
+    check_discrimination(config)
   check_sampler(config)
+
+
+def _in_range(value, low, high, field: str, example):
+  """low <= value <= high, else one line naming the field and the range."""
+  check(isinstance(value, (int, float)) and not isinstance(value, bool) and
+        low <= value <= high,
+        f'{field} must be in [{low}, {high}], got {value!r}; pass --config.{field}={example}')
+
+
+def check_discrimination(config):
+  """The teacher's temperatures, momenta and projection head."""
+  s = config.sddit
+  for field, example in (('student_temp', 0.1), ('teacher_temp', 0.04),
+                         ('teacher_temp_warmup_start', 0.04)):
+    _in_range(s[field], 1e-4, 10.0, f'sddit.{field}', example)
+  check(isinstance(s.teacher_temp_warmup_steps, int) and s.teacher_temp_warmup_steps >= 0,
+        f'sddit.teacher_temp_warmup_steps must be an integer >= 0, got '
+        f'{s.teacher_temp_warmup_steps!r}; pass --config.sddit.teacher_temp_warmup_steps=0')
+  for field, example in (('center_momentum', 0.9), ('teacher_momentum', 0.996),
+                         ('teacher_momentum_final', 1.0)):
+    _in_range(s[field], 0.0, 1.0, f'sddit.{field}', example)
+  for field in ('hidden', 'bottleneck', 'out_dim', 'num_layers'):
+    positive_int(config.model.head[field], f'model.head.{field}')
+  check(config.model.head.out_dim >= 2,
+        'model.head.out_dim must be >= 2 prototypes; pass --config.model.head.out_dim=1024')
 
 
 def check_sampler(config):

@@ -64,6 +64,13 @@ class SDDiTTask(base.Task):
     super().check_mode(mode, workdir, num_devices)
     checks.check_mode(self.config, mode, workdir, num_devices)
 
+  def final_phase_config(self):
+    """MaskDiT's last phase: the same objective without a mask, so that the decoder trains on
+    what it sees when sampling (the learned mask token or the noisy infill never appear)."""
+    config = self.config.copy_and_resolve_references()
+    config.sddit.mask_ratio = 0.0
+    return config
+
   # ------------------------------------------------------------------ model and state
 
   def build_model(self):
