@@ -149,7 +149,7 @@ STUDIES = {
         metric_note='fd_digits (not FID: Fréchet distance in a digits classifier\'s features, '
                     'against the held-out digits) and sample_class_acc of class-balanced '
                     'samples (eval/digits_metric.py).',
-        reference='sddit'),
+        reference='sddit', cost_anchor='dit'),
     'sddit_fmnist': Study(
         'sddit_fmnist', 'configs/fmnist_sddit.py', fmnist_sddit.get_config, FMNIST_VARIANTS,
         scales={
@@ -177,7 +177,7 @@ STUDIES = {
                     'Fashion-MNIST classifier, against the 10,000 test images; not FID) and '
                     'sample_class_acc of class-balanced samples decoded by the VAE '
                     '(eval/fashion_mnist_metric.py).',
-        reference='sddit'),
+        reference='sddit', cost_anchor='dit'),
     'diffdis': Study(
         'diffdis', 'configs/demo_diffdis.py', demo_diffdis.get_config, DIFFDIS_VARIANTS,
         scales={

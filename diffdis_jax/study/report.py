@@ -67,6 +67,9 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
         'summary': {step: {m: summarise([r['evals'].get(step, {}).get(m, ABSENT) for r in done])
                            for m in metrics} for step in steps},
         'wall_seconds': {str(r['seed']): round(r['wall_seconds'], 1) for r in done},
+        # the scoring's part of wall_seconds (runs recorded before it was timed have none)
+        'score_seconds': {str(r['seed']): round(sum(r['score_seconds']), 1) for r in done
+                          if 'score_seconds' in r},
         'compile_seconds': {str(r['seed']): r['compile_seconds'] for r in done},
         'load_average': {str(r['seed']): r['load_average'] for r in done},
         'hardware': first.get('hardware'),
@@ -78,6 +81,7 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
   return {
       'study': study.name,
       'reference': study.reference or None,
+      'cost_anchor': study.cost_anchor or None,
       'paired': paired_differences(variants, study.reference, study.metrics),
       'base_config': study.base_config,
       'scale': {'name': saved_settings['scale'], 'what': scale.what},
@@ -181,22 +185,33 @@ def table_markdown(results: dict) -> str:
   metric_cols = [(step, m) for step in steps for m in results['metrics']]
   head = ['variant', 'seeds', 'params'] + [
       f'{m} {arrows[results["metrics"][m]]} @{step}' for step, m in metric_cols] + [
-      'steps', 'train FLOPs', 's/run']
+      'steps', 'train FLOPs', 's/run', 'scoring']
+  anchor = results['variants'].get(results.get('cost_anchor') or '')
+  anchor_fpi = anchor and anchor['train_flops_per_image']
+  if anchor_fpi:
+    head.insert(3, f'FLOPs/img ÷ `{results["cost_anchor"]}`')
   lines = [f'# {results["study"]} study: mean ± std over seeds', '',
            f'Base `{results["base_config"]}`, scale `{results["scale"]["name"]}` '
            f'({results["scale"]["what"]}); {s["steps"]} steps; metrics at steps '
            f'{", ".join(steps)}; {s["samples"]} samples per generation metric. '
            f'Std: {results["std"]}. s/run: mean wall seconds of a run, compile and '
-           f'evaluation included. train FLOPs: analytic model FLOPs of the whole run '
+           f'evaluation included; scoring: the evaluations\' share of it. train FLOPs: analytic model FLOPs of the whole run '
            f'(forward and backward). n/a: not measured. {results["metrics_note"]}', '',
            *_budget_lines(results), '',
            f'Command: `{results["command"]}`', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name, v in results['variants'].items():
     walls = list(v['wall_seconds'].values())
+    scored = v.get('score_seconds') or {}
+    share = (f'{sum(scored.values()) / sum(v["wall_seconds"][k] for k in scored):.0%}'
+             if scored else 'n/a')
     row = [f'`{name}`', str(len(v['seeds'])), f'{v["num_params"]:,}'] + [
         _cell(v['summary'][step][m]) for step, m in metric_cols] + [
-        f'{v["steps"]:,}', _flops(v['training_flops']), f'{sum(walls) / len(walls):.0f}']
+        f'{v["steps"]:,}', _flops(v['training_flops']), f'{sum(walls) / len(walls):.0f}',
+        share]
+    if anchor_fpi:
+      fpi = v['train_flops_per_image']
+      row.insert(3, 'n/a' if fpi is None else f'{fpi / anchor_fpi:.2f}')
     lines.append('| ' + ' | '.join(row) + ' |')
   lines += [''] + [f'- `{name}`: {v["what"]}' for name, v in results['variants'].items()]
   lines += _paired_table(results, steps)

@@ -71,15 +71,15 @@ def finite_scores(scores: dict) -> dict:
   return out
 
 
-def evaluate(trainer, state, step: int) -> dict:
+def evaluate(trainer, state, step: int) -> tuple[dict, float]:
   """The task's final evaluation of the EMA params at `step` (the Trainer has just run it at
-  the end of the budget)."""
+  the end of the budget), and the seconds it took."""
   if step == trainer.config.total_steps:
-    scores = trainer.final_scores
-  else:
-    preview_fn = trainer.task.make_preview_fn(trainer.model)
-    scores = trainer.task.final_eval(preview_fn, state.ema_params)
-  return finite_scores(scores)
+    return finite_scores(trainer.final_scores), trainer.final_eval_seconds
+  t0 = time.perf_counter()
+  preview_fn = trainer.task.make_preview_fn(trainer.model)
+  scores = trainer.task.final_eval(preview_fn, state.ema_params)
+  return finite_scores(scores), time.perf_counter() - t0
 
 
 def _now() -> str:
@@ -133,8 +133,9 @@ def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
       raise StudyError(f'{run.name}: its checkpoints are at step {int(state.step)}, past '
                        f'the evaluation step {step} that was never scored; delete '
                        f'{run.workdir} to run it again')
-    scores = evaluate(trainer, state, step)
+    scores, score_seconds = evaluate(trainer, state, step)
     now = time.perf_counter()
+    record.setdefault('score_seconds', []).append(round(score_seconds, 1))
     record['evals'][str(mark)] = scores
     record['eval_steps'][str(mark)] = step
     record['eval_flops'][str(mark)] = run.training_flops(step)

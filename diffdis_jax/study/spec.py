@@ -47,6 +47,7 @@ class Study:
   metrics: tuple                    # (metric, 'lower' | 'higher': which is better)
   metric_note: str                  # what the metrics are, for the table
   reference: str = ''               # variant the others are compared with seed by seed
+  cost_anchor: str = ''             # variant whose FLOPs per image the table divides by
 
   def variant(self, name: str) -> Variant:
     for v in self.variants:

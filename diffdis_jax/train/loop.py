@@ -54,6 +54,7 @@ class Trainer:
     # use it to halve CPU compile times
     self.compiler_options = None
     self.final_scores = {}  # what the task's final evaluation scored at the end of `train`
+    self.final_eval_seconds = 0.0  # and how long it took
 
   def init_state(self):
     # the initialiser runs once: XLA's cheapest compile (a UNet's init otherwise compiles as
@@ -187,7 +188,9 @@ class Trainer:
       for eval_hook in eval_hooks:
         eval_hook(step, state.ema_params, writer, jsonl)
     if not preempted and last == config.total_steps:
+      t0 = time.perf_counter()
       scores = self.final_scores = self.task.final_eval(sample_fn, state.ema_params)
+      self.final_eval_seconds = time.perf_counter() - t0
       if scores:
         writer.write_scalars(last, scores)
         jsonl.write(last, scores)
