@@ -1,6 +1,8 @@
 """Orbax checkpoints of the train state and the input iterator, and parameter fingerprints."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+# orbax's own clean-up of unfinished saves, which its CheckpointManager runs only at start-up
+from orbax.checkpoint._src.path import temporary_paths
+
+from diffdis_jax.core import files
 
 
 class NonFiniteState(FloatingPointError):
@@ -33,6 +39,10 @@ class Checkpointer:
   Restoring takes an abstract state whose leaves carry the target shardings, so a checkpoint
   written on one mesh restores onto another. `restore_latest` skips checkpoints that cannot be
   read back (see docs/reliability.md).
+
+  A save that fails for lack of space raises `files.DiskFull` naming its step, whether it
+  fails at once or in orbax's background threads (then at the next save, `wait` or
+  `close`); its unfinished folder is removed at once, so the space it took is free again.
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
@@ -46,6 +56,8 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True),
         item_names=('state', 'data'))
+    self._pending = None  # (step, bytes) of the save started last, until it is known complete
+    self._closed = False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -59,10 +71,34 @@ class Checkpointer:
       self.close()  # earlier saves complete
       raise NonFiniteState(f'the state at step {step} holds NaN or Inf: not saved; the last '
                            'checkpoint is the newest finite state (see config.nonfinite)')
-    return self.manager.save(
-        step, force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iterator)))
+    self.wait()  # a failed earlier save is reported as that step's, not as this one's
+    self._pending = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+    with self._reporting_disk_full():
+      return self.manager.save(
+          step, force=force,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+  @contextlib.contextmanager
+  def _reporting_disk_full(self):
+    """A full disk under the pending save (orbax and tensorstore raise it as ValueError or
+    OSError, from whichever thread met it) as `DiskFull` naming that save's step."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if self._pending is None or not files.is_disk_full(e):
+        raise
+      step, needed = self._pending
+      self._pending = None
+      self._remove_unfinished()
+      raise files.DiskFull(f'checkpoint step {step}', os.path.join(self.directory, str(step)),
+                           needed) from e
+
+  def _remove_unfinished(self):
+    """Deletes the <step>.orbax-checkpoint-tmp* folders of saves that did not complete
+    (process 0 only); orbax never lists them as checkpoints either way."""
+    with contextlib.suppress(Exception):  # only space is at stake; a restart retries it
+      asyncio.run(temporary_paths.cleanup_temporary_paths(self.directory))
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`; `data_iterator`, when given, is moved to where it was then.
@@ -153,11 +189,37 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._reporting_disk_full():
+      self.manager.wait_until_finished()
+    self._pending = None
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight and ends orbax's threads; once (later calls return)."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  def close_after_error(self):
+    """For a run ending on an error: a save still in flight completes (another fault must not
+    cost the checkpoint being written) and orbax's threads end. A failure of that save is
+    logged, not raised: the error the run is ending on is the one to report."""
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('the checkpoint save in flight did not complete either: %s',
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """The steps orbax lists as checkpoints in <workdir>/checkpoints, oldest first; a save that
+  did not complete keeps its temporary folder name and is not among them."""
+  folder = os.path.join(workdir, 'checkpoints')
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(n) for n in names if n.isdigit())
 
 
 def _write_replicas_in_parallel(enabled: bool | None):

@@ -122,6 +122,15 @@ class Trainer:
       raise workdir_lib.WorkdirMismatch(
           f'{workdir} holds a checkpoint at step {saved}, past total_steps='
           f'{config.total_steps}; raise --config.total_steps or give a fresh --workdir')
+    try:
+      return self._train(checkpointer, last)
+    except BaseException:
+      checkpointer.close_after_error()
+      raise
+
+  def _train(self, checkpointer, last: int):
+    config, workdir = self.config, self.workdir
+    lead = jax.process_index() == 0
     data_it = self.data_iterator()
     state = self.restore_or_init(checkpointer, data_it)
     start = int(state.step)
