@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint._src.path import temporary_paths
 
 from diffdis_jax.core import files
+from diffdis_jax.train.workdir import WorkdirMismatch
 
 
 class NonFiniteState(FloatingPointError):
@@ -151,6 +152,12 @@ class Checkpointer:
     initial_position = (data_iterator.get_state() if steps and data_iterator is not None
                         else None)
     for step in steps:
+      misfit = self._misfit(step, abstract_state)
+      if misfit:  # another model's checkpoint is not broken: refuse, touch nothing
+        raise WorkdirMismatch(
+            f'checkpoint step {step} in {self.directory} was written for another model: '
+            f'{misfit}; use another --workdir or the config it was written with (its '
+            'config.json)')
       state, problem = None, None
       try:
         state = self.restore(step, abstract_state, data_iterator)
@@ -173,6 +180,27 @@ class Checkpointer:
       raise FileNotFoundError(f'no checkpoint under {self.directory}: train first, or pass '
                               'the --workdir of a trained run')
     return None
+
+  def _misfit(self, step: int, abstract_state) -> str | None:
+    """How the parameters saved at `step` differ in names or shapes from those of
+    `abstract_state`, or None. None too when the saved metadata cannot be read: the restore
+    then fails, and the step counts as broken."""
+    params = getattr(abstract_state, 'params', None)
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        saved = reader.metadata(os.path.join(self.directory, str(step), 'state'))
+      saved = saved.item_metadata.tree['params']
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if params is None:
+      return None
+    theirs, ours = _shapes(saved), _shapes(params)
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if not diff:
+      return None
+    shown = '; '.join(f'{k} is {theirs.get(k, "absent")} there, {ours.get(k, "absent")} here'
+                      for k in diff[:3])
+    return f'{len(diff)} of its parameters differ ({shown}{"; ..." if len(diff) > 3 else ""})'
 
   def _set_aside(self, step: int, problem: str):
     """Move a broken step out of orbax's directory (later saves of that step must not collide
@@ -243,6 +271,13 @@ def abstract_with_shardings(abstract_state, shardings):
   """ShapeDtypeStructs that carry the shardings a restored state should have."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_state, shardings)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """'path.to.leaf' -> shape of every array-like leaf."""
+  return {jax.tree_util.keystr(path, simple=True, separator='.'): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, 'shape')}
 
 
 def _lead_says(flag: bool) -> bool:

@@ -111,9 +111,6 @@ class Trainer:
     last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
     workdir_lib.check_identity(config, self.objective, workdir)
     os.makedirs(workdir, exist_ok=True)
-    lead = jax.process_index() == 0
-    if lead:
-      workdir_lib.write_identity(config, self.objective, workdir)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     saved = checkpointer.latest_step()
     if saved is not None and saved > config.total_steps:
@@ -133,6 +130,8 @@ class Trainer:
     lead = jax.process_index() == 0
     data_it = self.data_iterator()
     state = self.restore_or_init(checkpointer, data_it)
+    if lead:  # after the restore: it refuses checkpoints of another model (no identity file)
+      workdir_lib.write_identity(config, self.objective, workdir)
     start = int(state.step)
     jsonl = JsonlWriter(workdir, enabled=lead)
     jsonl.truncate_after(start)
