@@ -185,11 +185,13 @@ def main(argv):
     line = _fault_line(e, _MODE.value, os.path.abspath(_WORKDIR.value))
     if line is None:
       raise
+    disk_full = line.startswith('disk full')
   else:
     return
-  # the failed save's coroutines are finalised now, while the modules they need are still
-  # loaded: at interpreter exit each would print a traceback
-  gc.collect()
+  if disk_full:
+    # a failed async save's coroutines are finalised now, while the modules they need are
+    # still loaded: at interpreter exit each would print a traceback
+    gc.collect()
   print(f'error: {line}', file=sys.stderr)
   sys.exit(1)
 
