@@ -7,12 +7,16 @@ DiffDis, zero-shot accuracy and retrieval recall of the latest checkpoint; see
 docs/evaluation.md), grid (the preview grid of the latest checkpoint's EMA parameters),
 extract_latents (ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any
 config field can be overridden as --config.FIELD=VALUE. Bad input stops with one line on
-stderr and exit status 2, before anything is compiled or written.
+stderr and exit status 2, before anything is compiled or written. A fault during the run (a
+full disk, an unreadable input record, a non-finite loss with nonfinite=stop) stops it with
+one line and exit status 1; what was written before stays (docs/reliability.md).
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,11 +36,41 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
 
 
 class _QuietLibraries:
-  """Drops INFO lines from orbax and grain (dozens per checkpoint); warnings still show."""
+  """Drops INFO lines from orbax and grain (dozens per checkpoint); warnings still show.
+
+  Also drops the reports, with tracebacks, that orbax's threads and asyncio log of a write
+  that failed for lack of space: the same error reaches the main thread, which reports it in
+  one line.
+  """
 
   def filter(self, record) -> bool:
+    if record.exc_info and record.exc_info[1] is not None:
+      from diffdis_jax.core import files  # pylint: disable=g-import-not-at-top
+      if files.is_disk_full(record.exc_info[1]):
+        return False
     return record.levelno >= 30 or not any(
         part in record.pathname for part in ('/orbax/', '/grain/', '/etils/'))
+
+
+def _quiet_abandoned_writes():
+  """Drops tensorstore's report of each write whose asyncio loop orbax had already closed.
+
+  When one write of an async save fails (a full disk), orbax ends the save's event loop while
+  the save's other writes are still running in tensorstore; as each ends, tensorstore calls
+  back into the closed loop and prints `RuntimeError: Event loop is closed` through
+  sys.excepthook: hundreds of tracebacks that echo the one failure, which reaches the main
+  thread and is reported there.
+  """
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+        and any(frame.f_code.co_name == 'call_soon_threadsafe'
+                for frame, _ in traceback.walk_tb(tb))):
+      return
+    previous(kind, value, tb)
+
+  sys.excepthook = hook
 
 
 def fail(message: str):
@@ -75,6 +109,39 @@ def parse_flags(argv):
     fail(f'bad --config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
 
 
+def _fault_line(error: BaseException, mode: str, workdir: str) -> str | None:
+  """The one line for a fault of the run that no input check could foresee (a full disk, an
+  input record that cannot be read), or None when `error` is not one: a bug, whose traceback
+  is what helps then."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.core import checks, files
+  from diffdis_jax.data.pipeline import UnreadableRecord
+  full = files.find_disk_full(error, workdir)
+  unreadable = checks.find_cause(error, UnreadableRecord)
+  if full is not None:
+    fault = f'{full.describe()}; nothing written before is lost; free space and '
+  elif unreadable is not None:
+    fault = f'{unreadable}; then '
+  else:
+    return None
+  return fault + _rerun(mode, workdir)
+
+
+def _rerun(mode: str, workdir: str) -> str:
+  """What running the same command again does: for training, the checkpoint it resumes from."""
+  from diffdis_jax.train.checkpoint import complete_steps  # pylint: disable=g-import-not-at-top
+  if mode == 'extract_latents':
+    return 'run the same command again: it keeps the complete shards and writes the rest'
+  steps = complete_steps(workdir)
+  newest = steps and (f'checkpoint step {steps[-1]} '
+                      f'({os.path.join(workdir, "checkpoints", str(steps[-1]))})')
+  if mode != 'train':
+    return 'run the same command again' + (f' ({newest} is intact)' if newest else '')
+  if newest:
+    return f'run the same command again: it resumes from {newest}'
+  return 'run the same command again: no checkpoint was complete, it starts from step 0'
+
+
 def _known_configs():
   folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
   return [f'configs/{f}' for f in os.listdir(folder)
@@ -103,6 +170,7 @@ def main(argv):
     check_run(config, _MODE.value, _WORKDIR.value, jax.device_count())
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    _quiet_abandoned_writes()
     logging.info('%s', distributed.describe())
     logging.info('config:\n%s', config)
     from diffdis_jax.modes.run import run  # TensorFlow (clu's writers): after the checks
@@ -113,6 +181,19 @@ def main(argv):
   except FloatingPointError as e:  # nonfinite=stop, or a non-finite state at a save
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    line = _fault_line(e, _MODE.value, os.path.abspath(_WORKDIR.value))
+    if line is None:
+      raise
+    disk_full = line.startswith('disk full')
+  else:
+    return
+  if disk_full:
+    # a failed async save's coroutines are finalised now, while the modules they need are
+    # still loaded: at interpreter exit each would print a traceback
+    gc.collect()
+  print(f'error: {line}', file=sys.stderr)
+  sys.exit(1)
 
 
 if __name__ == '__main__':

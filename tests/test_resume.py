@@ -38,9 +38,11 @@ def _env(cache_dir):
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
-def _start(workdir, log_path, cache_dir):
+def _start(workdir, log_path, cache_dir, **overrides):
+  """launch/main.py on the tiny config (OVERRIDES, then `overrides`), output to `log_path`."""
+  config = tiny_sddit_config(**{**OVERRIDES, **overrides})
   args = [sys.executable, os.path.join(ROOT, 'launch', 'main.py'), '--config=configs/demo.py',
-          f'--workdir={workdir}', *config_flags(tiny_sddit_config(**OVERRIDES))]
+          f'--workdir={workdir}', *config_flags(config)]
   log = open(log_path, 'w')
   proc = subprocess.Popen(args, cwd=ROOT, env=_env(cache_dir), stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True)

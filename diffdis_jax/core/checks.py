@@ -15,6 +15,18 @@ class ConfigError(ValueError):
   pass
 
 
+def find_cause(error: BaseException | None, kind: type) -> BaseException | None:
+  """The first exception of type `kind` among `error` and those it was raised from (threads
+  and libraries wrap what they pass on)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, kind):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def check(ok: bool, message: str):
   if not ok:
     raise ConfigError(message)

@@ -167,17 +167,24 @@ def check_settings(out_dir: str, settings: dict, lead: bool):
     files.write_json(path, settings)
 
 
-def write_records(path: str, features, examples) -> int:
+def write_records(path: str, features, examples, expected: int | None = None) -> int:
   """Serialize `examples` (dicts matching `features`) into one ArrayRecord file, in order;
-  the file appears under `path` only once complete."""
-  count = 0
-  with files.atomic_path(path) as tmp:
+  the file appears under `path` only once complete. `expected`: how many examples there
+  are, for the space a full disk reports as needed."""
+  count, size = 0, 0
+
+  def needed():  # the mean record so far, times the records of the whole shard
+    return size * max(expected or count, count) // max(count, 1)
+
+  with files.atomic_path(path, what=f'latent shard {os.path.basename(path)}',
+                         needed=needed) as tmp:
     # one record per group: random access; uncompressed: latents barely compress and brotli,
     # the default, costs more CPU per read than the loader can spare
     writer = ArrayRecordWriter(tmp, 'group_size:1,uncompressed')
     for example in examples:
-      writer.write(features.serialize_example(example))
-      count += 1
+      record = features.serialize_example(example)
+      writer.write(record)
+      count, size = count + 1, size + len(record)
     writer.close()
   return count
 

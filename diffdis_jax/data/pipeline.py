@@ -27,6 +27,11 @@ from diffdis_jax.data import digits, fashion_mnist
 TRAIN_SOURCES = ('digits', 'fashion_mnist', 'latents')
 
 
+class UnreadableRecord(OSError):
+  """A stored input record that cannot be read back (a shard truncated or changed since the
+  run opened it); the message names the file and the record."""
+
+
 class ArraySource:
   """A grain random-access source over a dict of equally long numpy arrays."""
 
@@ -77,19 +82,50 @@ class LatentRecords:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     info = tfds.builder_from_directory(data_dir).info
     self.paths = [os.fspath(p) for p in info.splits[split].filepaths]
+    self.starts = np.cumsum([0, *info.splits[split].shard_lengths])  # first index per shard
     self.shapes = {k: tuple(info.features[k].shape) for k in ('mean', 'std')}
-    self._records = grain.sources.ArrayRecordDataSource(self.paths)
+    try:
+      self._records = grain.sources.ArrayRecordDataSource(self.paths)
+    except Exception as e:  # pylint: disable=broad-except
+      # it reads every shard's index at once and does not say which one failed
+      broken = next((p for p in self.paths if not _opens(p)), f'one of {data_dir}')
+      raise UnreadableRecord(
+          f'latent shard {broken} cannot be opened ({type(e).__name__}: '
+          f'{str(e).splitlines()[0] if str(e) else ""}'[:200] + '); it is cut short or '
+          'changed: delete it and run --mode=extract_latents again to rewrite it') from e
 
   def __len__(self):
     return len(self._records)
 
   def __getitem__(self, index):
+    try:
+      return self._parse(self._records[index])
+    except Exception as e:  # pylint: disable=broad-except
+      # riegeli's hash check (RuntimeError), a read past a truncated end (IndexError), a
+      # record that is no Example or has the wrong size (DecodeError, KeyError, ValueError)
+      shard = int(np.searchsorted(self.starts, index, side='right')) - 1
+      problem = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:200]
+      raise UnreadableRecord(
+          f'latent shard {self.paths[shard]} record {index - self.starts[shard]} (example '
+          f'{index} of the set) cannot be read ({problem}); the shard changed or was cut '
+          'short after the run opened it: delete it and run --mode=extract_latents again to '
+          'rewrite it') from e
+
+  def _parse(self, record: bytes):
     from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-    fields = tf_example_pb2.Example.FromString(self._records[index]).features.feature
+    fields = tf_example_pb2.Example.FromString(record).features.feature
     out = {k: np.frombuffer(fields[k].bytes_list.value[0], np.float32).reshape(shape)
            for k, shape in self.shapes.items()}
     out['label'] = np.int64(fields['label'].int64_list.value[0])
     return out
+
+
+def _opens(path: str) -> bool:
+  try:
+    grain.sources.ArrayRecordDataSource([path])
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def latent_source(data_dir: str, split: str = 'train') -> LatentRecords:

@@ -29,7 +29,9 @@ def save_png(path: str, grid: np.ndarray, upscale: int = 1):
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   if upscale > 1:
     image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
-  with files.atomic_path(path, suffix='.png') as tmp:
+  # the raw pixels: more than the PNG will take
+  with files.atomic_path(path, suffix='.png', what='a sample grid',
+                         needed=image.width * image.height * len(image.getbands())) as tmp:
     image.save(tmp)
 
 

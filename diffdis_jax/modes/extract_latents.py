@@ -107,7 +107,8 @@ def extract_latents(config, out_dir: str, process_index: int | None = None,
   for k, shard in enumerate(todo):
     start, end = shard * ex.shard_size, min((shard + 1) * ex.shard_size, total)
     images = source.images(ex.split, start, end, ex.image_size)
-    done += latents.write_records(path(shard), features, encoded(encoder, images))
+    done += latents.write_records(path(shard), features, encoded(encoder, images),
+                                  expected=end - start)
     rate = done / (time.perf_counter() - t0)
     left = sum(min(ex.shard_size, total - s * ex.shard_size) for s in todo[k + 1:])
     logging.info('shard %d/%d written: %d images this run, %.1f images/s, ~%.0f s left',

@@ -1,6 +1,8 @@
 """Orbax checkpoints of the train state and the input iterator, and parameter fingerprints."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+# orbax's own clean-up of unfinished saves, which its CheckpointManager runs only at start-up
+from orbax.checkpoint._src.path import temporary_paths
+
+from diffdis_jax.core import files
+from diffdis_jax.train.workdir import WorkdirMismatch
 
 
 class NonFiniteState(FloatingPointError):
@@ -33,6 +40,10 @@ class Checkpointer:
   Restoring takes an abstract state whose leaves carry the target shardings, so a checkpoint
   written on one mesh restores onto another. `restore_latest` skips checkpoints that cannot be
   read back (see docs/reliability.md).
+
+  A save that fails for lack of space raises `files.DiskFull` naming its step, whether it
+  fails at once or in orbax's background threads (then at the next save, `wait` or
+  `close`); its unfinished folder is removed at once, so the space it took is free again.
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
@@ -46,6 +57,8 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True),
         item_names=('state', 'data'))
+    self._pending = None  # (step, bytes) of the save started last, until it is known complete
+    self._closed = False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -59,10 +72,34 @@ class Checkpointer:
       self.close()  # earlier saves complete
       raise NonFiniteState(f'the state at step {step} holds NaN or Inf: not saved; the last '
                            'checkpoint is the newest finite state (see config.nonfinite)')
-    return self.manager.save(
-        step, force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iterator)))
+    self.wait()  # a failed earlier save is reported as that step's, not as this one's
+    self._pending = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+    with self._reporting_disk_full():
+      return self.manager.save(
+          step, force=force,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+  @contextlib.contextmanager
+  def _reporting_disk_full(self):
+    """A full disk under the pending save (orbax and tensorstore raise it as ValueError or
+    OSError, from whichever thread met it) as `DiskFull` naming that save's step."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if self._pending is None or not files.is_disk_full(e):
+        raise
+      step, needed = self._pending
+      self._pending = None
+      self._remove_unfinished()
+      raise files.DiskFull(f'checkpoint step {step}', os.path.join(self.directory, str(step)),
+                           needed) from e
+
+  def _remove_unfinished(self):
+    """Deletes the <step>.orbax-checkpoint-tmp* folders of saves that did not complete
+    (process 0 only); orbax never lists them as checkpoints either way."""
+    with contextlib.suppress(Exception):  # only space is at stake; a restart retries it
+      asyncio.run(temporary_paths.cleanup_temporary_paths(self.directory))
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`; `data_iterator`, when given, is moved to where it was then.
@@ -115,6 +152,12 @@ class Checkpointer:
     initial_position = (data_iterator.get_state() if steps and data_iterator is not None
                         else None)
     for step in steps:
+      misfit = self._misfit(step, abstract_state)
+      if misfit:  # another model's checkpoint is not broken: refuse, touch nothing
+        raise WorkdirMismatch(
+            f'checkpoint step {step} in {self.directory} was written for another model: '
+            f'{misfit}; use another --workdir or the config it was written with (its '
+            'config.json)')
       state, problem = None, None
       try:
         state = self.restore(step, abstract_state, data_iterator)
@@ -138,6 +181,27 @@ class Checkpointer:
                               'the --workdir of a trained run')
     return None
 
+  def _misfit(self, step: int, abstract_state) -> str | None:
+    """How the parameters saved at `step` differ in names or shapes from those of
+    `abstract_state`, or None. None too when the saved metadata cannot be read: the restore
+    then fails, and the step counts as broken."""
+    params = getattr(abstract_state, 'params', None)
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        saved = reader.metadata(os.path.join(self.directory, str(step), 'state'))
+      saved = saved.item_metadata.tree['params']
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if params is None:
+      return None
+    theirs, ours = _shapes(saved), _shapes(params)
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if not diff:
+      return None
+    shown = '; '.join(f'{k} is {theirs.get(k, "absent")} there, {ours.get(k, "absent")} here'
+                      for k in diff[:3])
+    return f'{len(diff)} of its parameters differ ({shown}{"; ..." if len(diff) > 3 else ""})'
+
   def _set_aside(self, step: int, problem: str):
     """Move a broken step out of orbax's directory (later saves of that step must not collide
     with it, and orbax must not count it) instead of deleting it: a person may want it."""
@@ -153,11 +217,37 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._reporting_disk_full():
+      self.manager.wait_until_finished()
+    self._pending = None
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight and ends orbax's threads; once (later calls return)."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  def close_after_error(self):
+    """For a run ending on an error: a save still in flight completes (another fault must not
+    cost the checkpoint being written) and orbax's threads end. A failure of that save is
+    logged, not raised: the error the run is ending on is the one to report."""
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('the checkpoint save in flight did not complete either: %s',
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """The steps orbax lists as checkpoints in <workdir>/checkpoints, oldest first; a save that
+  did not complete keeps its temporary folder name and is not among them."""
+  folder = os.path.join(workdir, 'checkpoints')
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(n) for n in names if n.isdigit())
 
 
 def _write_replicas_in_parallel(enabled: bool | None):
@@ -181,6 +271,13 @@ def abstract_with_shardings(abstract_state, shardings):
   """ShapeDtypeStructs that carry the shardings a restored state should have."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_state, shardings)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """'path.to.leaf' -> shape of every array-like leaf."""
+  return {jax.tree_util.keystr(path, simple=True, separator='.'): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, 'shape')}
 
 
 def _lead_says(flag: bool) -> bool:

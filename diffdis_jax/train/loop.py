@@ -123,9 +123,6 @@ class Trainer:
     last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
     workdir_lib.check_identity(config, self.objective, workdir)
     os.makedirs(workdir, exist_ok=True)
-    lead = jax.process_index() == 0
-    if lead:
-      workdir_lib.write_identity(config, self.objective, workdir)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     saved = checkpointer.latest_step()
     if saved is not None and saved > config.total_steps:
@@ -134,8 +131,19 @@ class Trainer:
       raise workdir_lib.WorkdirMismatch(
           f'{workdir} holds a checkpoint at step {saved}, past total_steps='
           f'{config.total_steps}; raise --config.total_steps or give a fresh --workdir')
+    try:
+      return self._train(checkpointer, last)
+    except BaseException:
+      checkpointer.close_after_error()
+      raise
+
+  def _train(self, checkpointer, last: int):
+    config, workdir = self.config, self.workdir
+    lead = jax.process_index() == 0
     data_it = self.data_iterator()
     state = self.restore_or_init(checkpointer, data_it)
+    if lead:  # after the restore: it refuses checkpoints of another model (no identity file)
+      workdir_lib.write_identity(config, self.objective, workdir)
     start = int(state.step)
     jsonl = JsonlWriter(workdir, enabled=lead)
     jsonl.truncate_after(start)

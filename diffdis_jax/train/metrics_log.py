@@ -28,8 +28,8 @@ class JsonlWriter:
     if not self.enabled:
       return
     record = {'step': int(step), **{k: _plain(v) for k, v in sorted(values.items())}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    files.append_text(self.path, json.dumps(record) + '\n',
+                      what=f'the step {step} line of metrics.jsonl')
 
   def truncate_after(self, step: int):
     if not self.enabled or not os.path.exists(self.path):

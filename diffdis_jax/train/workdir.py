@@ -39,12 +39,30 @@ def check_identity(config, objective, workdir: str):
     return
   with open(path) as f:
     saved = json.load(f)
-  mine = identity(config, objective)
-  diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+  diff = differences(saved, identity(config, objective))
   if diff:
     raise WorkdirMismatch(
-        f'workdir {workdir} holds a run with different {", ".join(diff)}; use another '
+        f'workdir {workdir} holds a run with different {"; ".join(diff)}; use another '
         '--workdir or the config that run was started with')
+
+
+def _flat(tree, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def differences(saved: dict, mine: dict) -> list[str]:
+  """'field: A in the workdir, B here' for each leaf field (model.width, not model) that
+  differs between two nested dicts."""
+  saved, mine = _flat(saved), _flat(mine)
+  missing = '(not set)'
+  return [f'{k}: {saved.get(k, missing)!r} in the workdir, {mine.get(k, missing)!r} here'
+          for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]
 
 
 def write_identity(config, objective, workdir: str):

@@ -101,6 +101,7 @@ def save_diffusers_vae(folder, vae: AutoencoderKL, params, sample_size: int = 32
   config, state_dict = to_diffusers_vae(vae, params, sample_size)
   os.makedirs(folder, exist_ok=True)
   files.write_json(os.path.join(folder, 'config.json'), config)
-  with files.atomic_path(os.path.join(folder, VAE_WEIGHTS)) as tmp:
+  with files.atomic_path(os.path.join(folder, VAE_WEIGHTS), what='the exported VAE weights',
+                         needed=sum(a.nbytes for a in state_dict.values())) as tmp:
     safetensors.numpy.save_file(state_dict, tmp, metadata={'format': 'pt'})
   return folder
