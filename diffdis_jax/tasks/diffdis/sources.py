@@ -36,7 +36,7 @@ from diffdis_jax.eval.eval_json import update_eval_json
 from diffdis_jax.tasks import base
 from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis.pair_encoder import PairEncoder
-from diffdis_jax.tasks.diffdis.text_encoders import CaptionTextEncoder
+from diffdis_jax.tasks.diffdis.text_encoders import CaptionTextEncoder, cache_name
 
 # noise streams apart from the preview grid's (seed + 1) and the zero-shot predictor's (+ 3)
 GENERATION_NOISE_OFFSET = 4
@@ -79,14 +79,21 @@ class CaptionedClasses(Source):
   def pretrain_images(self) -> tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError
 
-  def data_key(self) -> str:
+  @classmethod
+  def data_key(cls, config) -> str:
     """Names the pre-stage's images in the text encoder's cache fingerprint."""
     raise NotImplementedError
 
-  def text_encoder(self, cache_dir):
+  @classmethod
+  def text_encoder_file(cls, config) -> str:
+    """The file `config`'s text encoder is cached under (in a workdir's text_encoder/)."""
+    t = config.text_encoder
+    return cache_name(t, t.seed, cls.captions, cls.data_key(config))
+
+  def text_encoder(self, cache_dir, read_only: bool = False):
     return CaptionTextEncoder.create(self.config.text_encoder, cache_dir, self.captions,
-                                     self.pretrain_images, data_key=self.data_key(),
-                                     seed=self.config.text_encoder.seed)
+                                     self.pretrain_images, data_key=self.data_key(self.config),
+                                     seed=self.config.text_encoder.seed, read_only=read_only)
 
   def class_prompts(self, prompt_set: str) -> list[list[str]]:
     return self.captions.class_prompts(prompt_set)
@@ -195,8 +202,9 @@ class CaptionedDigits(CaptionedClasses):
     data = load_digits('train', self.config.data.image_size)
     return data['image'], data['label']
 
-  def data_key(self) -> str:
-    return f'digits{self.config.data.image_size}'
+  @classmethod
+  def data_key(cls, config) -> str:
+    return f'digits{config.data.image_size}'
 
   def class_prompts(self, prompt_set: str) -> list[list[str]]:
     """The digits' zero-shot prompts are diffdis.zeroshot.templates around each name."""
@@ -233,7 +241,8 @@ class CaptionedFashionMNIST(CaptionedClasses):
     data = fashion_mnist.load_split(self.images_dir, 'train')
     return fashion_mnist.to_model_input(data['image'], fashion_mnist.SIDE), data['label']
 
-  def data_key(self) -> str:
+  @classmethod
+  def data_key(cls, config) -> str:
     return 'fashion_mnist28'
 
 
