@@ -133,10 +133,13 @@ def captioned_demo(config, captions, *, input_size: int, in_channels: int, chann
   m.attention_head_dim = 4                        # heads (diffusers' name)
   m.norm_num_groups = norm_num_groups
 
-  # positives of the pre-stage: 'caption' (only the caption drawn: phrasings stay apart) |
-  # 'class' (every caption of the class: all of a class's phrasings collapse to one point)
+  # the pre-stage's targets (tasks/diffdis/text_encoders.py): positives 'caption' (only the
+  # caption drawn) | 'class' (every caption of the image's class); caption_weight, a second
+  # term that gives every training caption its own point (0: none), so that the phrasings of
+  # a class are not mapped to one point
   config.text_encoder = ml_collections.ConfigDict(dict(
-      num_hidden_layers=2, num_attention_heads=4, seed=0, positives='caption', **text_encoder))
+      num_hidden_layers=2, num_attention_heads=4, seed=0, positives='caption',
+      caption_weight=0.3, **text_encoder))
   d = config.diffdis
   d.text_dim = config.text_encoder.projection_dim
   d.context_dim = config.text_encoder.hidden_size

@@ -124,7 +124,7 @@ def test_finetune_starts_as_the_generator_and_leaves_its_folder_unchanged(genera
      'model.block_out_channels=(16, 32) there, (16, 48) here'),
     ({'diffdis.context_dim': 32, 'text_encoder.hidden_size': 32}, 'diffdis.context_dim=16'),
     ({'text_encoder.seed': 1}, 'the text encoder in'),
-    ({'text_encoder.positives': 'class'}, 'the text encoder in'),
+    ({'text_encoder.caption_weight': 0.5}, 'the text encoder in'),
 ])
 def test_a_generator_that_does_not_fit_is_refused_in_one_line(generator, tmp_path, overrides,
                                                                words):

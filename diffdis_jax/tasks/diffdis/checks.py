@@ -152,7 +152,10 @@ def check_captioned_fmnist(config):
 
 
 def check_text_encoder_fields(config):
-  one_of(config.text_encoder.positives, PRETRAIN_POSITIVES, 'text_encoder.positives')
+  t = config.text_encoder
+  one_of(t.positives, PRETRAIN_POSITIVES, 'text_encoder.positives')
+  check(t.caption_weight >= 0, f'text_encoder.caption_weight must be >= 0, got '
+                               f'{t.caption_weight}')
 
 
 def check_captioned_set(config, captions):
