@@ -133,8 +133,13 @@ def captioned_demo(config, captions, *, input_size: int, in_channels: int, chann
   m.attention_head_dim = 4                        # heads (diffusers' name)
   m.norm_num_groups = norm_num_groups
 
+  # the pre-stage's targets (tasks/diffdis/text_encoders.py): positives 'caption' (only the
+  # caption drawn) | 'class' (every caption of the image's class); caption_weight, a second
+  # term that gives every training caption its own point (0: none), so that the phrasings of
+  # a class are not mapped to one point
   config.text_encoder = ml_collections.ConfigDict(dict(
-      num_hidden_layers=2, num_attention_heads=4, seed=0, **text_encoder))
+      num_hidden_layers=2, num_attention_heads=4, seed=0, positives='caption',
+      caption_weight=0.3, **text_encoder))
   d = config.diffdis
   d.text_dim = config.text_encoder.projection_dim
   d.context_dim = config.text_encoder.hidden_size
@@ -158,5 +163,9 @@ def diffdis_config() -> ml_collections.ConfigDict:
   config.init.sd_folder = ''      # a diffusers SD folder: its UNet initialises the model
   config.init.text_encoder = ''   # a transformers CLIP text folder for c and e; '' : the SD
                                   # folder's (SD 1.x's lacks the projection 'projected_eot' uses)
+  # the workdir of a generation-only DiffDis run (diffdis.align_mode='none') on the same data:
+  # its latest checkpoint's EMA UNet starts this run (a fine-tune, as the paper's from SD),
+  # and a captioned set's text encoder is its; '' : from scratch (or init.sd_folder)
+  config.init.pretrained_generator = ''
   config.data.name = 'image_text_pairs'
   return config

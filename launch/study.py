@@ -35,7 +35,8 @@ _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per variant: 0 .. seeds-1.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Training steps of every run (default: the '
                               "scale's budget).")
 _SCALE = flags.DEFINE_enum('scale', 'cpu', list(study_configs.SCALES),
-                           'cpu: the demo configs; gpu: larger digits settings.')
+                           'cpu: the demo configs; gpu: larger settings; finetune: '
+                           'every variant from a pretrained generator (diffdis_fmnist).')
 _ONLY = flags.DEFINE_string('only', '', 'Comma-separated variant names (default: all).')
 _EVAL_AT = flags.DEFINE_string('eval_at', '', 'Comma-separated step counts at which metrics '
                                "are taken; --steps is always one (default: the scale's).")

@@ -82,3 +82,27 @@ def test_sampled_captions_name_their_class():
     assert len(set(caps)) > 0.9 * sum(map(len, prompts))  # templates and synonyms vary
     assert caps == fc.sample_captions(labels, np.random.default_rng(0), prompt_set)
 
+
+
+def test_heldout_template_scores_hand_case():
+  """An encoder that reads held-out template 0 right and templates 1-3 as the next class:
+  zero-shot with template 0 alone is perfect, with each other template alone 0; the held-out
+  ensemble (3 right prompts, 9 wrong) has cosine 3 / sqrt(90) with the training one."""
+  from diffdis_jax.eval import zeroshot  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.tasks.diffdis.sources import (  # pylint: disable=g-import-not-at-top
+      CaptionedFashionMNIST)
+  read_as = {}
+  for c, prompts in enumerate(fc.class_prompts('train')):
+    read_as.update({p: c for p in prompts})
+  for i in range(len(fc.TEMPLATES['heldout'])):
+    for c, prompts in enumerate(fc.class_prompts('heldout', i)):
+      read_as.update({p: c if i == 0 else (c + 1) % 10 for p in prompts})
+  encode = lambda texts: np.eye(10)[[read_as[t] for t in texts]]
+  ensembles = {s: zeroshot.prompt_queries(encode, fc.class_prompts(s)) for s in fc.PROMPT_SETS}
+  labels = np.arange(50) % 10
+  scores = CaptionedFashionMNIST.heldout_template_scores(np.eye(10)[labels], labels, encode,
+                                                         ensembles)
+  assert scores['zeroshot_top1_heldout_t0'] == 1.0
+  assert [scores[f'zeroshot_top1_heldout_t{i}'] for i in (1, 2, 3)] == [0.0, 0.0, 0.0]
+  for stat in ('mean', 'min', 'max'):
+    assert abs(scores[f'ensemble_cosine_{stat}'] - 3 / np.sqrt(90)) < 1e-6

@@ -14,6 +14,8 @@ DEMO = '--config=configs/demo.py'
 VAE = '--config=configs/fmnist_vae.py'
 OFFICIAL = '--config=configs/dit_xl_official.py'
 FMNIST_DIFFDIS = '--config=configs/fmnist_diffdis.py'
+DEMO_DIFFDIS = '--config=configs/demo_diffdis.py'
+GENERATOR = '--config.init.pretrained_generator={files}/'
 
 # (arguments, words the one line must contain)
 BAD_INPUTS = [
@@ -76,6 +78,15 @@ BAD_INPUTS = [
     ([OFFICIAL, '--config.sample.solver=heun'], 'sample.solver'),
     ([FMNIST_DIFFDIS, '--config.diffdis.context_length=77'], 'context_length=14'),
     ([FMNIST_DIFFDIS, '--config.data.dir={files}'], 'holds no dataset_info.json'),
+    ([DEMO_DIFFDIS, '--config.text_encoder.positives=both'], 'text_encoder.positives'),
+    # a pretrained start (init.pretrained_generator): missing, of another UNet or objective,
+    # or conditioned on another text encoder
+    ([DEMO_DIFFDIS, GENERATOR + 'no_generator'], 'holds no checkpoint'),
+    ([DEMO_DIFFDIS, GENERATOR + 'generator', '--config.model.layers_per_block=2'],
+     'model.layers_per_block=1 there, 2 here'),
+    ([DEMO_DIFFDIS, GENERATOR + 'aligned'], 'is not a generation-only DiffDis run'),
+    ([DEMO_DIFFDIS, GENERATOR + 'generator', '--config.text_encoder.seed=1'],
+     'does not fit this config'),
 ]
 
 
@@ -118,11 +129,34 @@ def _bad_files(folder):
   b2.update({f'blocks.{i}.attn.qkv.bias': np.zeros((3 * 768,), np.float32) for i in range(12)})
   safetensors.numpy.save_file(b2, str(folder / 'dit_b2.safetensors'))
   (folder / 'a_file').write_text('not a directory')
+  for name, align_mode in (('generator', 'none'), ('aligned', 'diffusion')):
+    _generator_files(folder / name, align_mode)
   return folder
 
 
+def _generator_files(workdir, align_mode):
+  """What a DiffDis run of configs/demo_diffdis.py leaves in its workdir, as far as the
+  checks of init.pretrained_generator read it: its config, a step folder, its text encoder."""
+  from configs import demo_diffdis  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.tasks.diffdis.sources import SOURCES  # pylint: disable=g-import-not-at-top
+  config = demo_diffdis.get_config()
+  config.diffdis.align_mode = align_mode
+  (workdir / 'checkpoints' / '600').mkdir(parents=True)
+  (workdir / 'config.json').write_text(config.to_json_best_effort())
+  (workdir / 'text_encoder').mkdir()
+  name = SOURCES['captioned_digits'].text_encoder_file(config)
+  (workdir / 'text_encoder' / name).write_bytes(b'')
+
+
 def _snapshot(folder):
-  return {p: open(os.path.join(folder, p), 'rb').read() for p in sorted(os.listdir(folder))}
+  """{relative path: bytes} of every file under `folder` (None for a folder)."""
+  out = {}
+  for root, dirs, names in os.walk(folder):
+    for name in dirs + names:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, folder)] = (None if os.path.isdir(path)
+                                            else open(path, 'rb').read())
+  return out
 
 
 def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path):

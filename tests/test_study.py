@@ -264,6 +264,10 @@ BAD_INPUTS = [
     (['--study=sddit', OUT, 'extra'], 'unexpected arguments'),
     (['--study=sddit', OUT, '--budget=time'], 'budget'),
     (['--study=diffdis', OUT, '--budget=flops'], 'needs a reference variant'),
+    (['--study=sddit', OUT, '--scale=finetune'], 'study sddit has the scales cpu, gpu'),
+    # the fine-tune scale's generator is trained before the study
+    (['--study=diffdis_fmnist', OUT, '--scale=finetune', '--dry_run',
+      '--set=init.pretrained_generator={out}_generator'], 'holds no checkpoint'),
 ]
 
 

@@ -23,6 +23,7 @@ both halves of the contract and the tests hold it to them.
 
     table = caption_table()                 # (10, train templates x 3) training captions
     class_prompts('heldout')                # per class, the held-out prompts (12 each)
+    class_prompts('heldout', template=3)    # per class, 'this is {item}' around its 3 names
     sample_captions(labels, rng, 'heldout') # one seeded prompt per image
 """
 from __future__ import annotations
@@ -83,9 +84,12 @@ TEMPLATES = {
 PROMPT_SETS = tuple(TEMPLATES)
 
 
-def class_prompts(prompt_set: str = 'train') -> list[list[str]]:
-  """Per class, every template of `prompt_set` around every one of the class's names."""
+def class_prompts(prompt_set: str = 'train', template: Optional[int] = None) -> list[list[str]]:
+  """Per class, every template of `prompt_set` (or only its `template`-th) around every one
+  of the class's names."""
   templates = TEMPLATES[prompt_set]
+  if template is not None:
+    templates = templates[template:template + 1]
   return [[t.format(**name) for t, name in itertools.product(templates, words)]
           for words in CLASS_WORDS]
 

@@ -124,6 +124,9 @@ def check_flags(study: Study, scale: str, only: str, seeds: int, steps, eval_at:
     raise StudyError(f'--only: unknown {study.name} variant(s) {", ".join(unknown)}; '
                      f'known: {", ".join(known)}')
   _positive(seeds, '--seeds')
+  if scale not in study.scales:
+    raise StudyError(f'--scale={scale}: study {study.name} has the scales '
+                     f'{", ".join(study.scales)}')
   scale_cfg = study.scales[scale]
   steps = scale_cfg.steps if steps is None else steps
   _positive(steps, '--steps')

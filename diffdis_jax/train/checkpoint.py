@@ -44,12 +44,33 @@ class Checkpointer:
   A save that fails for lack of space raises `files.DiskFull` naming its step, whether it
   fails at once or in orbax's background threads (then at the next save, `wait` or
   `close`); its unfinished folder is removed at once, so the space it took is free again.
+
+  `read_only=True` reads another run's checkpoints (a pretrained start) and never changes its
+  folder: no folder is created, no unfinished save is cleaned up (that run may be writing
+  it), nothing is saved, and a checkpoint that does not read back is skipped, not set aside.
+  Its `restore` takes the names of the state's top-level parts to read (e.g. ('params',
+  'ema_params')) instead of an abstract state, and returns them as host numpy trees in the
+  layout they were saved in, whatever the mesh or model of that run.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
     _write_replicas_in_parallel(None if jax.process_count() > 1 else False)
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.read_only = read_only
+    self._pending = None  # (step, bytes) of the save started last, until it is known complete
+    self._closed = False
+    if read_only:
+      # parts of a state whose structure this run does not know: orbax's PyTree handler reads
+      # a subset of the saved tree (the standard one needs the whole structure)
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              read_only=True, create=False, cleanup_tmp_directories=False, max_to_keep=None,
+              save_interval_steps=0, enable_async_checkpointing=False),
+          item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+      return
     # a save cut short by a kill leaves <step>.orbax-checkpoint-tmp-*: never a checkpoint
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -57,8 +78,6 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True),
         item_names=('state', 'data'))
-    self._pending = None  # (step, bytes) of the save started last, until it is known complete
-    self._closed = False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -68,6 +87,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
     """Starts an async save; a state holding NaN or Inf is refused (NonFiniteState)."""
+    if self.read_only:
+      raise PermissionError(f'{self.directory} is open read-only: it belongs to another run')
     if not bool(_all_finite(state)):
       self.close()  # earlier saves complete
       raise NonFiniteState(f'the state at step {step} holds NaN or Inf: not saved; the last '
@@ -110,8 +131,11 @@ class Checkpointer:
     another number of processes finds no file of its own and takes the position from any
     process's file, which is valid because every host's iterator counts global batches (see
     data/pipeline.py: host p reads its rows of global batch k at local index k).
+    Read-only: `abstract_state` names the parts to read (see the class).
     """
     logging.info('restoring step %d from %s', step, self.directory)
+    if self.read_only:
+      return self._restore_parts(step, tuple(abstract_state))
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     foreign = None if data_iterator is None else self._foreign_data_state(step)
     if data_iterator is not None and foreign is None:
@@ -123,6 +147,20 @@ class Checkpointer:
                       foreign[1])
       data_iterator.set_state(foreign[2])
     return restored['state']
+
+  def _restore_parts(self, step: int, parts: tuple) -> dict:
+    """{part: host numpy tree} of the state saved at `step`, as it was saved."""
+    saved = self.manager.item_metadata(step)['state']
+    saved = getattr(saved, 'tree', saved)
+    missing = [p for p in parts if p not in saved]
+    if missing:
+      raise KeyError(f'the state saved at step {step} has no {missing}')
+    target = {p: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved[p])
+              for p in parts}
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=as_numpy, partial_restore=True)))
+    return dict(restored['state'])
 
   def _foreign_data_state(self, step: int):
     """(process count, file, iterator state) from another process layout's iterator file, or
@@ -169,7 +207,8 @@ class Checkpointer:
       # whether to compare fingerprints (other hosts may not see it), all hosts hash together
       failed = _any_host(problem is not None)
       if not failed and _lead_says(step in logged):
-        failed = _lead_says(params_fingerprint(state.params) != logged.get(step))
+        params = state['params'] if isinstance(state, dict) else state.params
+        failed = _lead_says(params_fingerprint(params) != logged.get(step))
         problem = 'its parameters do not match the fingerprint logged when it was saved'
       if not failed:
         return state
@@ -204,7 +243,13 @@ class Checkpointer:
 
   def _set_aside(self, step: int, problem: str):
     """Move a broken step out of orbax's directory (later saves of that step must not collide
-    with it, and orbax must not count it) instead of deleting it: a person may want it."""
+    with it, and orbax must not count it) instead of deleting it: a person may want it.
+    Read-only, the step stays where it is and is only skipped."""
+    if self.read_only:
+      logging.warning('checkpoint step %d in %s cannot be restored (%s); read-only, it is left '
+                      'in place and the newest older checkpoint is tried', step,
+                      self.directory, problem)
+      return
     aside = os.path.join(self.workdir, 'checkpoints_corrupt')
     target = os.path.join(aside, f'{step}.{int(time.time())}')
     logging.warning('checkpoint step %d in %s cannot be restored (%s); moved to %s, falling '

@@ -23,7 +23,9 @@ from diffdis_jax.nn.unet import (CROSS_ATTN_DOWN, CROSS_ATTN_UP, PLAIN_DOWN, PLA
 from diffdis_jax.objectives.diffdis import (IMAGE_PREDICTIONS, POSITIVES, QUERY_KINDS,
                                             TEXT_PREDICTIONS)
 from diffdis_jax.tasks.diffdis.model import UNET_FIELDS
+from diffdis_jax.tasks.diffdis.pretrained import check_generator, check_not_own_workdir
 from diffdis_jax.tasks.diffdis.sources import SOURCES
+from diffdis_jax.tasks.diffdis.text_encoders import PRETRAIN_POSITIVES
 from diffdis_jax.weights.stable_diffusion import clip_text_has_projection
 
 
@@ -84,7 +86,14 @@ def check_objective(config):
 
 def check_init(config):
   """With init.sd_folder, config.model must describe the folder's UNet (its weights load
-  unchanged) and diffdis.context_dim its cross-attention width."""
+  unchanged) and diffdis.context_dim its cross-attention width; with
+  init.pretrained_generator, that run's UNet and text encoder must be this config's."""
+  source = SOURCES.get(config.data.name)
+  text_encoder_file = None
+  if config.data.name in CAPTIONED_SOURCES and config.init.pretrained_generator:
+    check_text_encoder_fields(config)
+    text_encoder_file = source.text_encoder_file(config)
+  check_generator(config, text_encoder_file)
   folder = config.init.sd_folder
   if not folder:
     return
@@ -142,8 +151,16 @@ def check_captioned_fmnist(config):
   fashion_mnist.check_dir(images_dir(config))
 
 
+def check_text_encoder_fields(config):
+  t = config.text_encoder
+  one_of(t.positives, PRETRAIN_POSITIVES, 'text_encoder.positives')
+  check(t.caption_weight >= 0, f'text_encoder.caption_weight must be >= 0, got '
+                               f'{t.caption_weight}')
+
+
 def check_captioned_set(config, captions):
   """The demo text encoder makes c and e at the widths and length the UNet takes."""
+  check_text_encoder_fields(config)
   d, t = config.diffdis, config.text_encoder
   check(t.hidden_size == d.context_dim and t.projection_dim == d.text_dim,
         'the demo text encoder makes c and e: set text_encoder.hidden_size = '
@@ -228,7 +245,9 @@ def check_config(config):
 
 
 def check_mode(config, mode: str, workdir: str):
-  """--mode=eval needs something to evaluate, every input it names and a checkpoint."""
+  """--mode=eval needs something to evaluate, every input it names and a checkpoint; a run
+  that starts from a generator is not that generator's workdir."""
+  check_not_own_workdir(config, workdir)
   if mode == 'eval':
     check_eval_inputs(config, workdir)
 

@@ -36,7 +36,7 @@ from diffdis_jax.eval.eval_json import update_eval_json
 from diffdis_jax.tasks import base
 from diffdis_jax.tasks.base import Task
 from diffdis_jax.tasks.diffdis.pair_encoder import PairEncoder
-from diffdis_jax.tasks.diffdis.text_encoders import CaptionTextEncoder
+from diffdis_jax.tasks.diffdis.text_encoders import CaptionTextEncoder, cache_name
 
 # noise streams apart from the preview grid's (seed + 1) and the zero-shot predictor's (+ 3)
 GENERATION_NOISE_OFFSET = 4
@@ -79,14 +79,21 @@ class CaptionedClasses(Source):
   def pretrain_images(self) -> tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError
 
-  def data_key(self) -> str:
+  @classmethod
+  def data_key(cls, config) -> str:
     """Names the pre-stage's images in the text encoder's cache fingerprint."""
     raise NotImplementedError
 
-  def text_encoder(self, cache_dir):
+  @classmethod
+  def text_encoder_file(cls, config) -> str:
+    """The file `config`'s text encoder is cached under (in a workdir's text_encoder/)."""
+    t = config.text_encoder
+    return cache_name(t, t.seed, cls.captions, cls.data_key(config))
+
+  def text_encoder(self, cache_dir, read_only: bool = False):
     return CaptionTextEncoder.create(self.config.text_encoder, cache_dir, self.captions,
-                                     self.pretrain_images, data_key=self.data_key(),
-                                     seed=self.config.text_encoder.seed)
+                                     self.pretrain_images, data_key=self.data_key(self.config),
+                                     seed=self.config.text_encoder.seed, read_only=read_only)
 
   def class_prompts(self, prompt_set: str) -> list[list[str]]:
     return self.captions.class_prompts(prompt_set)
@@ -140,6 +147,8 @@ class CaptionedClasses(Source):
                       prompts={s: len(self.class_prompts(s)[0]) for s in self.prompt_sets},
                       sample_steps=config.diffdis.sample.steps,
                       sample_guidance=config.diffdis.sample.guidance)
+      if 'heldout' in self.prompt_sets:  # the templates of zeroshot_top1_heldout_t{i}
+        settings['heldout_templates'] = list(self.captions.TEMPLATES['heldout'])
       update_eval_json(self.task.workdir, TEST_SECTION,
                        {'metrics': scores, 'settings': settings,
                         'num_images': len(test['label'])})
@@ -148,18 +157,42 @@ class CaptionedClasses(Source):
   def zeroshot_scores(self, params, test: dict, fns) -> dict:
     """Per prompt set: zero-shot top-1/top-5 on the `test` split ({'image', 'label'}) with
     the class prompts as candidates, and image<->caption retrieval recalls, one seeded
-    caption per image; `fns` is the task's ZeroShotFunctions."""
+    caption per image; `fns` is the task's ZeroShotFunctions. With held-out prompts also
+    `heldout_template_scores`."""
     preds = fns.predict(params, test['image'])
-    scores = {}
+    scores, ensembles = {}, {}
     for prompt_set in self.prompt_sets:
       suffix = '' if prompt_set == 'train' else HELDOUT_SUFFIX
-      queries = zeroshot.prompt_queries(fns.encode, self.class_prompts(prompt_set))
+      queries = ensembles[prompt_set] = zeroshot.prompt_queries(
+          fns.encode, self.class_prompts(prompt_set))
       found = zeroshot.topk_accuracy(zeroshot.similarity(preds, queries), test['label'])
       texts = self.test_captions(test['label'], prompt_set)
       found.update(zeroshot.retrieval_recalls(zeroshot.similarity(preds, fns.encode(texts)),
                                               np.arange(len(texts))))
       scores.update({k + suffix: v for k, v in found.items()})
+    if 'heldout' in ensembles:
+      scores.update(self.heldout_template_scores(preds, test['label'], fns.encode, ensembles))
     logging.info('zero-shot on %d test images: %s', len(preds), scores)
+    return scores
+
+  @classmethod
+  def heldout_template_scores(cls, preds, labels, encode, ensembles: dict) -> dict:
+    """Whether held-out prompts are held out in effect, from the frozen text encoder's side
+    and the model's:
+      ensemble_cosine_{mean,min,max}  over classes, the cosine between the class's training
+                                      and held-out prompt ensembles (1: the text encoder
+                                      maps both phrasings to one point)
+      zeroshot_top1_heldout_t{i}      zero-shot top-1 with the i-th held-out template alone
+                                      (around each class name), cls.captions.TEMPLATES
+    """
+    cosine = np.sum(ensembles['train'] * ensembles['heldout'], axis=-1)
+    scores = {'ensemble_cosine_mean': float(cosine.mean()),
+              'ensemble_cosine_min': float(cosine.min()),
+              'ensemble_cosine_max': float(cosine.max())}
+    for i in range(len(cls.captions.TEMPLATES['heldout'])):
+      queries = zeroshot.prompt_queries(encode, cls.captions.class_prompts('heldout', i))
+      top1 = zeroshot.topk_accuracy(zeroshot.similarity(preds, queries), labels, ks=(1,))
+      scores[f'zeroshot_top1{HELDOUT_SUFFIX}_t{i}'] = top1['zeroshot_top1']
     return scores
 
   def test_captions(self, labels, prompt_set: str) -> list[str]:
@@ -195,8 +228,9 @@ class CaptionedDigits(CaptionedClasses):
     data = load_digits('train', self.config.data.image_size)
     return data['image'], data['label']
 
-  def data_key(self) -> str:
-    return f'digits{self.config.data.image_size}'
+  @classmethod
+  def data_key(cls, config) -> str:
+    return f'digits{config.data.image_size}'
 
   def class_prompts(self, prompt_set: str) -> list[list[str]]:
     """The digits' zero-shot prompts are diffdis.zeroshot.templates around each name."""
@@ -233,7 +267,8 @@ class CaptionedFashionMNIST(CaptionedClasses):
     data = fashion_mnist.load_split(self.images_dir, 'train')
     return fashion_mnist.to_model_input(data['image'], fashion_mnist.SIDE), data['label']
 
-  def data_key(self) -> str:
+  @classmethod
+  def data_key(cls, config) -> str:
     return 'fashion_mnist28'
 
 

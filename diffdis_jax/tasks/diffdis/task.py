@@ -11,6 +11,8 @@ when set (the Fashion-MNIST recipe's own), else the SD folder's.
 
 With `init.sd_folder` set, the UNet's weights are those of a diffusers SD folder, unchanged
 (nn/diffdis.with_unet_params), and the empty prompt's c comes from the same text encoder.
+With `init.pretrained_generator` set, they are those of a generation-only run trained here
+(pretrained.py), and a captioned set's frozen text encoder is that run's.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from diffdis_jax.nn.diffdis import init_inputs, with_unet_params
 from diffdis_jax.objectives import diffdis as objective
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.tasks import base
-from diffdis_jax.tasks.diffdis import checks
+from diffdis_jax.tasks.diffdis import checks, pretrained
 from diffdis_jax.tasks.diffdis.model import build_diffdis
 from diffdis_jax.tasks.diffdis.sources import SOURCES, TEST_SECTION
 from diffdis_jax.tasks.diffdis.text_encoders import CLIPTextEncoder
@@ -71,9 +73,15 @@ class DiffDisTask(base.Task):
     return model.init(rng, *inputs, method='initialize')['params']
 
   def finish_init(self, state, shardings):
-    """The empty prompt's c into aux; SD's UNet weights into the params when given."""
+    """The empty prompt's c into aux; the pretrained generator's UNet (pretrained.py), else
+    SD's, into the params and their EMA when given."""
     state = state.replace(aux=objective.set_null_context(state.aux, self.null_context))
-    if self.config.init.sd_folder:
+    generator = self.config.init.pretrained_generator
+    if generator:
+      params, ema = pretrained.with_generator(self.config, jax.device_get(state.params))
+      state = state.replace(params=params, ema_params=ema)
+      logging.info('UNet initialised from the generator in %s', generator)
+    elif self.config.init.sd_folder:
       params = with_unet_params(jax.device_get(state.params),
                                 self.stable_diffusion.unet_params)
       # host copies: params and EMA must not share device buffers (the step donates both)
@@ -102,6 +110,9 @@ class DiffDisTask(base.Task):
       return CLIPTextEncoder(self.stable_diffusion.tokenizer, *self.clip_text,
                              context_length=config.diffdis.context_length,
                              query=config.diffdis.query)
+    generator = config.init.pretrained_generator
+    if generator:  # the generator's UNet learned its condition from that encoder
+      return self.source.text_encoder(os.path.join(generator, 'text_encoder'), read_only=True)
     cache = os.path.join(self.workdir, 'text_encoder') if self.workdir else None
     return self.source.text_encoder(cache)
 

@@ -11,8 +11,20 @@ DiffDis keeps its text encoder frozen (paper §3; docs/paper_notes.md), so a dem
 first, in a short seeded pre-stage: `CLIPTextModel` (nn/clip_text.py) over the captions'
 word-level tokenizer plus a small MLP image tower on the raw pixels, contrastively (symmetric
 InfoNCE, objectives/diffdis.info_nce) on the training images and their training captions.
-Captions of the same class are positives for each other (they describe the same content; the
-templates and synonyms are interchangeable). The text tower's parameters are cached under
+`text_encoder.positives` says which pairs are positives:
+  'caption'  a caption is a positive only for the images it was drawn for, and for images
+             drawn with the same caption text: another phrasing of the class is a negative,
+             as another caption of the same content is in CLIP's web pairs.
+  'class'    every caption of an image's class is a positive: phrasings are interchangeable.
+Either way an image cannot tell which of its class's captions it was drawn with, so the
+image-text loss alone maps every phrasing of a class to one point (measured on Fashion-MNIST:
+two captions of one class at cosine 0.997 on average with caption positives, 0.999 with class
+positives; docs/paper_notes.md). `text_encoder.caption_weight` adds
+a second term that keeps phrasings apart: each of the training captions has a learned point,
+and a symmetric InfoNCE between the batch's text embeddings and its captions' points (the
+same caption positive) makes every caption's embedding nearest its own point: distinct
+captions are distinct points, as they are for a CLIP trained on unique captions.
+The text tower's parameters are cached under
 <cache_dir>/text_encoder_v{VERSION}_<fingerprint>.npz; afterwards only the text tower is used:
 
     enc = CaptionTextEncoder.create(config.text_encoder, cache_dir, digits_captions,
@@ -43,12 +55,14 @@ import numpy as np
 import optax
 
 from diffdis_jax.core import files
+from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.data import captions as caption_files
 from diffdis_jax.nn import layers
 from diffdis_jax.nn.clip_text import CLIPTextModel
 from diffdis_jax.objectives.diffdis import info_nce, positive_mask, text_query
 
 VERSION = 2   # 2: the caption set and its images are part of the fingerprint
+PRETRAIN_POSITIVES = ('caption', 'class')
 
 
 class ImageTower(nn.Module):
@@ -90,6 +104,22 @@ def _fingerprint(t, seed: int, captions, data_key: str) -> str:
   return hashlib.sha256(fields.encode()).hexdigest()[:12]
 
 
+def cache_name(t, seed: int, captions, data_key: str) -> str:
+  """The file a text encoder of `config.text_encoder` (`t`) is cached under."""
+  return f'text_encoder_v{VERSION}_{_fingerprint(t, seed, captions, data_key)}.npz'
+
+
+def positive_labels(kind: str, labels: np.ndarray, caption_index: np.ndarray,
+                    per_class: int) -> np.ndarray:
+  """Ids under which two pre-stage pairs are positives (equal ids): the caption drawn
+  ('caption') or the class ('class'); see the module doc."""
+  if kind == 'caption':
+    return labels * per_class + caption_index
+  if kind == 'class':
+    return labels
+  raise ValueError(f'text_encoder.positives must be one of {PRETRAIN_POSITIVES}, got {kind!r}')
+
+
 def pretrain(t, seed: int, tokenizer, captions, images: np.ndarray,
              labels: np.ndarray) -> dict:
   """Contrastive pre-stage on (images, labels) with the captions' training table; returns
@@ -102,16 +132,24 @@ def pretrain(t, seed: int, tokenizer, captions, images: np.ndarray,
   params = nn.unbox(model.init(jax.random.PRNGKey(seed), images[:2],
                                ids_table[0, :2])['params'])
   params['logit_scale'] = jnp.log(jnp.float32(10.0))
+  if t.caption_weight > 0:  # one learned point per training caption (see the module doc)
+    params['caption_points'] = jax.random.normal(jax.random.PRNGKey(seed + 1),
+                                                 (table.size, t.projection_dim))
   tx = optax.adamw(t.pretrain_lr, weight_decay=1e-4)
   opt_state = tx.init(params)
+  towers = lambda p: {k: v for k, v in p.items() if k in ('text', 'image')}
 
   @jax.jit
-  def step(params, opt_state, images, ids, labels):
+  def step(params, opt_state, images, ids, positive_ids, caption_ids):
     def loss_fn(p):
-      img, txt = model.apply({'params': {k: v for k, v in p.items() if k != 'logit_scale'}},
-                             images, ids)
+      img, txt = model.apply({'params': towers(p)}, images, ids)
       scale = jnp.minimum(jnp.exp(p['logit_scale']), 100.0)
-      return info_nce(img, txt, scale, positive_mask('same_label', labels=labels))
+      loss, acc = info_nce(img, txt, scale, positive_mask('same_label', labels=positive_ids))
+      if t.caption_weight > 0:
+        same_caption = positive_mask('same_label', labels=caption_ids)
+        loss += t.caption_weight * info_nce(txt, p['caption_points'][caption_ids], scale,
+                                            same_caption)[0]
+      return loss, acc
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, acc
@@ -121,8 +159,12 @@ def pretrain(t, seed: int, tokenizer, captions, images: np.ndarray,
   for i in range(t.pretrain_steps):
     idx = rng.integers(0, n, t.pretrain_batch)
     batch_labels = labels[idx]
-    ids = ids_table[batch_labels, rng.integers(0, table.shape[1], len(idx))]
-    params, opt_state, loss, acc = step(params, opt_state, images[idx], ids, batch_labels)
+    drawn = rng.integers(0, table.shape[1], len(idx))
+    positive_ids = positive_labels(t.positives, batch_labels, drawn, table.shape[1])
+    caption_ids = positive_labels('caption', batch_labels, drawn, table.shape[1])
+    params, opt_state, loss, acc = step(params, opt_state, images[idx],
+                                        ids_table[batch_labels, drawn], positive_ids,
+                                        caption_ids)
     if (i + 1) % 100 == 0:
       logging.info('text encoder pre-stage step %d: loss %.3f, i2t acc %.3f', i + 1,
                    float(loss), float(acc))
@@ -155,13 +197,16 @@ class CaptionTextEncoder:
   @classmethod
   def create(cls, t, cache_dir: Optional[str], captions,
              load_images: Callable[[], tuple[np.ndarray, np.ndarray]], *, data_key: str,
-             seed: int = 0):
+             seed: int = 0, read_only: bool = False):
     """Loads the text tower from `cache_dir` or runs the pre-stage on `load_images()` (and
-    caches it there); `data_key` names those images in the cache's fingerprint."""
+    caches it there); `data_key` names those images in the cache's fingerprint. `read_only`
+    (another run's cache, e.g. a pretrained generator's): load only, never train or write."""
     tokenizer = captions.build_tokenizer()
     model = text_model(t, len(tokenizer), captions.MAX_LENGTH)
-    name = f'text_encoder_v{VERSION}_{_fingerprint(t, seed, captions, data_key)}.npz'
+    name = cache_name(t, seed, captions, data_key)
     path = os.path.join(cache_dir, name) if cache_dir else None
+    if read_only and not (path and os.path.exists(path)):
+      raise ConfigError(f'the text encoder in {cache_dir} does not fit this config (no {name})')
     if path and os.path.exists(path):
       with np.load(path) as npz:
         params = flax.traverse_util.unflatten_dict({k: npz[k] for k in npz.files}, sep='/')
