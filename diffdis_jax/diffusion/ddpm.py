@@ -250,14 +250,17 @@ def p_mean_variance(schedule: Schedule, model_output, x_t, t):
   """
   eps, v = split_learned_range(model_output)
   x_t = x_t.astype(jnp.float32)
-  frac = (v + 1.0) / 2.0
-  max_log = _at(np.log(schedule.betas), t, x_t)
-  min_log = _at(schedule.posterior_log_variance, t, x_t)
-  log_variance = frac * max_log + (1.0 - frac) * min_log
   x0 = predict_x0(schedule, eps, x_t, t)
   mean = (_at(schedule.posterior_mean_coef_x0, t, x_t) * x0
           + _at(schedule.posterior_mean_coef_xt, t, x_t) * x_t)
-  return mean, log_variance
+  return mean, learned_log_variance(schedule, v, t)
+
+
+def learned_log_variance(schedule: Schedule, v, t):
+  """(v + 1) / 2 * log(beta_t) + (1 - v) / 2 * log(posterior variance_t), float32."""
+  frac = (v.astype(jnp.float32) + 1.0) / 2.0
+  return (frac * _at(np.log(schedule.betas), t, v)
+          + (1.0 - frac) * _at(schedule.posterior_log_variance, t, v))
 
 
 def ancestral_step(schedule: Schedule, model_output, x_t, t, noise):
@@ -302,3 +305,84 @@ def sample_learned_range(model_fn: LearnedRangeFn, x_T, schedule: Schedule, keys
   steps = jnp.arange(len(schedule.timesteps) - 1, -1, -1, dtype=jnp.int32)
   x, _ = jax.lax.scan(body, x_T.astype(jnp.float32), steps)
   return x
+
+
+# ------------------------------------------------------------------ DiT's training loss
+#
+# DiT trains on respaced_schedule('') (all 1,000 steps) with uniform t: an MSE on epsilon plus
+# the variational-bound term in bits per dimension, which trains the variance alone (the
+# epsilon half enters it through a stop-gradient, DiT's `frozen_out`). At t = 0 the bound term
+# is the decoder's negative log-likelihood of x_0 under a Gaussian discretised to the 256
+# levels of an 8-bit image, with DiT's tanh approximation of the normal CDF.
+
+def gaussian_kl(mean_gap, log_ratio, log_var2):
+  """KL(N(m1, v1) || N(m2, v2)) elementwise in nats, from mean_gap = m1 - m2, log_ratio =
+  log(v2 / v1) and log v2: 0.5 * (log_ratio + expm1(-log_ratio) + mean_gap^2 / v2).
+
+  Written with the gap and the ratio rather than the four moments: where q and p nearly agree
+  (t near T, where beta and the posterior variance meet) -1 + x + exp(-x) in float32 would
+  lose a large share of a KL of ~1e-3.
+  """
+  return 0.5 * (log_ratio + jnp.expm1(-log_ratio) + mean_gap ** 2 * jnp.exp(-log_var2))
+
+
+def approx_standard_normal_cdf(x):
+  """The tanh approximation of the standard normal CDF that DiT's likelihood uses."""
+  return 0.5 * (1.0 + jnp.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+  """log P(x) in nats, elementwise, for x in [-1, 1] on the 256 levels of an 8-bit image: the
+  Gaussian's mass over x's bin of half-width 1/255, with the end bins open to +-infinity."""
+  return _discretized_log_likelihood(x, x - means, log_scales)
+
+
+def _discretized_log_likelihood(x, centered, log_scales):
+  """The same, given centered = x - means (which may be computed more accurately than by
+  subtracting two nearly equal numbers)."""
+  inv_std = jnp.exp(-log_scales)
+  cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+  cdf_min = approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
+  log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
+  log_delta = jnp.log(jnp.maximum(cdf_plus - cdf_min, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_plus,
+                   jnp.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def _mean_flat(x):
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def training_losses(schedule: Schedule, model_output, x_start, t, noise) -> dict:
+  """DiT's per-sample training losses {'mse', 'vb', 'loss'} (each (batch,), float32).
+
+  NHWC `x_start` and `noise`; `model_output` has 2C channels (epsilon, then the variance
+  value v in [-1, 1]); t (batch,) indexes the schedule's steps. mse is the mean squared error
+  of epsilon; vb is KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in bits per dimension, or at
+  t = 0 the decoder's NLL; the epsilon half is held fixed inside vb, so vb's gradient reaches
+  the variance channels only. loss = mse + vb.
+
+  The two means differ only through x_0's estimate: q's mean minus p's is
+  coef_x0 * (x_0 - x0_hat) = coef_x0 * sqrt(1 - abar) / sqrt(abar) * (eps - noise). Computed
+  so rather than as the difference of the two means (as DiT does), it keeps float32's
+  precision where the means are close (small t) or large (t near T): the subtraction loses
+  up to 5e-5 of vb there. At t = 0 (coef_x0 = 1, coef_xt = 0) it is also x_0 minus the
+  decoder's mean.
+  """
+  x_start = x_start.astype(jnp.float32)
+  noise = noise.astype(jnp.float32)
+  eps, v = split_learned_range(model_output)
+  abar = schedule.alphas_cumprod
+  gap_coef = schedule.posterior_mean_coef_x0 * np.sqrt(1.0 - abar) / np.sqrt(abar)
+  mean_gap = _at(gap_coef, t, x_start) * (jax.lax.stop_gradient(eps) - noise)
+  log_variance = learned_log_variance(schedule, v, t)
+  # p's log-variance minus q's (the clipped posterior's) is (v + 1) / 2 * log(beta / post)
+  log_ratio = (v.astype(jnp.float32) + 1.0) / 2.0 * _at(
+      np.log(schedule.betas) - schedule.posterior_log_variance, t, x_start)
+  kl = _mean_flat(gaussian_kl(mean_gap, log_ratio, log_variance)) / np.log(2.0)
+  decoder_nll = -_mean_flat(
+      _discretized_log_likelihood(x_start, mean_gap, 0.5 * log_variance)) / np.log(2.0)
+  vb = jnp.where(t == 0, decoder_nll, kl)
+  mse = _mean_flat((noise - eps) ** 2)
+  return {'mse': mse, 'vb': vb, 'loss': mse + vb}
