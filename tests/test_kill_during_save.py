@@ -44,9 +44,10 @@ def _step2_stage(workdir):
     if 'state' in items:
       return 3
     state_tmp = [n for n in items if n.startswith('state.orbax-checkpoint-tmp')]
-    if state_tmp and os.listdir(os.path.join(inside, state_tmp[0], 'ocdbt.process_0', 'd')):
+    data = os.path.join(inside, state_tmp[0], 'ocdbt.process_0', 'd') if state_tmp else None
+    if data and os.path.isdir(data) and os.listdir(data):
       return 2
-  except FileNotFoundError:  # renamed between two looks
+  except FileNotFoundError:  # a folder renamed between two looks: look again from the top
     return _step2_stage(workdir)
   return 1
 
