@@ -214,6 +214,34 @@ def test_stopped_run_resumes_from_its_checkpoint(out, tmp_path):
   assert run_lib.run_one(run, settings, caches, lines.append) == 'skipped'
 
 
+def test_a_run_another_driver_holds_is_left_to_it(tmp_path):
+  """A second driver that reaches a run the first is training skips it and writes nothing
+  there; once the holder dies (here: SIGKILL), the run is free again."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.core import files
+  from diffdis_jax.study import plan, run as run_lib
+  settings, variants = plan.check_flags(STUDIES['sddit'], 'cpu', 'dit', 1, 4, '4', 20,
+                                        [a[len('--set='):] for a in SDDIT_TINY], True)
+  (run,) = plan.plan(STUDIES['sddit'], settings, variants, 1, str(tmp_path))
+  os.makedirs(run.workdir)
+  holder = subprocess.Popen([sys.executable, '-c', (
+      'import fcntl, os, sys, time\n'
+      f'fd = os.open({run.workdir!r}, os.O_RDONLY | os.O_DIRECTORY)\n'
+      'fcntl.flock(fd, fcntl.LOCK_EX)\nprint("held", flush=True)\ntime.sleep(600)')],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    lines = []
+    assert run_lib.run_one(run, settings, str(tmp_path / 'caches'), lines.append) == 'skipped'
+    assert 'another study driver is running it' in lines[0], lines
+    assert os.listdir(run.workdir) == []
+  finally:
+    holder.kill()
+    holder.wait()
+  with files.exclusive_folder(run.workdir) as ours:
+    assert ours
+
+
 @pytest.mark.parametrize('study', ['sddit', 'diffdis'])
 def test_every_variant_traces_its_train_step(study, tmp_path):
   """A variant that passes the checks but cannot trace would stop a study hours in (as

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -171,3 +172,20 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     for block in iter(lambda: f.read(chunk), b''):
       digest.update(block)
   return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str):
+  """Yields True while this process alone holds `folder` (an advisory flock on the folder
+  itself, so nothing is written into it), False at once if another process holds it. The
+  kernel drops the lock when the holder dies, so a killed holder never leaves a stale one."""
+  fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    yield True
+  finally:
+    os.close(fd)  # closing the last descriptor releases the lock

@@ -94,15 +94,28 @@ def _new_record(run: PlannedRun) -> dict:
 
 
 def run_one(run: PlannedRun, settings: Settings, caches: str, say) -> str:
-  """Trains and scores one run: 'done', 'skipped' (finished before) or 'stopped' (SIGTERM
-  under preemption.sigterm_requests_stop: the step reached is saved, a rerun continues)."""
+  """Trains and scores one run: 'done', 'skipped' (finished before, or another driver holds
+  its workdir) or 'stopped' (SIGTERM under preemption.sigterm_requests_stop: the step reached
+  is saved, a rerun continues).
+
+  Two drivers whose variants or seeds overlap would otherwise train one run side by side,
+  each saving over the other's checkpoints; the second one leaves the run to the first."""
+  os.makedirs(run.workdir, exist_ok=True)
+  with files.exclusive_folder(run.workdir) as ours:
+    if not ours:
+      say(f'{run.name}: another study driver is running it, skipped (run the same command '
+          'again once it has finished to report it)')
+      return 'skipped'
+    return _train_and_score(run, settings, caches, say)
+
+
+def _train_and_score(run: PlannedRun, settings: Settings, caches: str, say) -> str:
   record = read_record(run.workdir)
   if record is not None and record['complete']:
     say(f'{run.name}: finished before, skipped')
     return 'skipped'
   record = record or _new_record(run)
   t0 = time.perf_counter()
-  os.makedirs(run.workdir, exist_ok=True)
   record_path = os.path.join(run.workdir, RECORD_FILE)
   share_caches(caches, run.workdir)
   trainer = build_trainer(run.config, run.workdir)
