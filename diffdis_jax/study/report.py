@@ -83,6 +83,9 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
       'reference': study.reference or None,
       'cost_anchor': study.cost_anchor or None,
       'paired': paired_differences(variants, study.reference, study.metrics),
+      # against the cost anchor too (SD-DiT studies: DiT), where that is another variant
+      'paired_anchor': ({} if study.cost_anchor == study.reference else
+                        paired_differences(variants, study.cost_anchor, study.metrics)),
       'base_config': study.base_config,
       'scale': {'name': saved_settings['scale'], 'what': scale.what},
       'settings': saved_settings,
@@ -214,7 +217,9 @@ def table_markdown(results: dict) -> str:
       row.insert(3, 'n/a' if fpi is None else f'{fpi / anchor_fpi:.2f}')
     lines.append('| ' + ' | '.join(row) + ' |')
   lines += [''] + [f'- `{name}`: {v["what"]}' for name, v in results['variants'].items()]
-  lines += _paired_table(results, steps)
+  lines += _paired_table(results, steps, results.get('paired'), results['reference'])
+  lines += _paired_table(results, steps, results.get('paired_anchor'),
+                         results.get('cost_anchor'))
   return '\n'.join(lines) + '\n'
 
 
@@ -243,23 +248,25 @@ def _signed(stats: dict) -> str:
   return text + (f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ' (n=1)')
 
 
-def _paired_table(results: dict, steps) -> list[str]:
-  paired = results.get('paired') or {}
+def _paired_table(results: dict, steps, paired: dict | None, reference: str | None
+                  ) -> list[str]:
+  """(variant - reference) at every mark, each seed against the same seed."""
   if not paired:
     return []
-  reference = results['reference']
-  step = steps[-1]
   arrows = {'lower': '↓', 'higher': '↑'}
-  head = ['variant − reference'] + [f'{m} {arrows[d]}' for m, d in results['metrics'].items()]
-  lines = ['', f'## Paired by seed against `{reference}` at step {step}', '',
+  cols = [(step, m) for step in steps for m in results['metrics']]
+  head = ['variant − reference'] + [f'{m} {arrows[results["metrics"][m]]} @{step}'
+                                     for step, m in cols]
+  lines = ['', f'## Paired by seed against `{reference}`', '',
            'Mean ± std over seeds of (variant − reference), each seed against the same seed; '
            'in brackets, the seeds on which the variant is better.', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name, by_step in paired.items():
     cells = []
-    for m in results['metrics']:
-      stats = by_step[step][m]
-      cells.append(f'{_signed(stats)} [{stats["better"]}/{stats["seeds"]}]')
+    for step, m in cols:
+      stats = by_step.get(step, {}).get(m)
+      cells.append('n/a' if stats is None else
+                   f'{_signed(stats)} [{stats["better"]}/{stats["seeds"]}]')
     lines.append('| ' + ' | '.join([f'`{name}` − `{reference}`'] + cells) + ' |')
   return lines
 
