@@ -32,11 +32,12 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, **tiny) -> argparse.N
 
 def absl_tiny(flag_values, tiny: bool, **values):
   """The absl version of `parse_args`'s defaults: with `tiny`, each named flag that the
-  command line did not set takes its tiny value."""
+  command line did not set is parsed from its tiny value, written as on a command line
+  (a config file flag loads the file)."""
   if tiny:
     for name, value in values.items():
       if not flag_values[name].present:
-        flag_values[name].value = value
+        flag_values[name].parse(value)
 
 
 def shrink_dit(config):
