@@ -14,6 +14,7 @@ import os
 from typing import Optional
 
 from diffdis_jax import weights
+from diffdis_jax.core import dtypes
 from diffdis_jax.core.checks import ConfigError, check, one_of, positive_int
 from diffdis_jax.core.platform import target_platform
 from diffdis_jax.data import fashion_mnist
@@ -22,7 +23,6 @@ from diffdis_jax.nn.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATION
 from diffdis_jax.nn.layers import REMAT_POLICIES
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.tasks import make_task
-from diffdis_jax.core import dtypes
 from diffdis_jax.train.step import NONFINITE_POLICIES
 from diffdis_jax.train.workdir import check_identity
 
