@@ -1,6 +1,6 @@
 """The bench scripts' tiny mode: `python bench/<script>.py --tiny` runs the script's own code
-path at toy sizes in seconds, so that tests/test_bench_tiny.py can run every script and a
-bench cannot break unnoticed (bench/input_pipeline.py once stopped on a NameError for weeks).
+path at toy sizes, so that tests/test_bench_tiny.py can run every script and a bench cannot
+break unnoticed (bench/input_pipeline.py stopped on a NameError that nothing saw: issue 34).
 
 A tiny run measures nothing worth reporting; it proves that the script still runs end to end
 and prints its JSON lines. What --tiny changes is written once per script, as the defaults it
