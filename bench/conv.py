@@ -2,6 +2,7 @@
 
   python bench/conv.py --size=sd15 --latent=32 --batch=1
   python bench/conv.py --size=tiny --batch=32
+  python bench/conv.py --tiny                 # smoke run (bench/tiny.py): two shapes
 
 The convolutions are read off the traced model (so the list is the model's, not a copy of
 it), grouped by shape. For each shape: the median seconds of the input and kernel gradients
@@ -26,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import timing  # noqa: E402  (bench/timing.py)
+import tiny  # noqa: E402  (bench/tiny.py)
 from diffdis_jax.tasks.diffdis.model import unet_fields  # noqa: E402
 from diffdis_jax.nn import convolution  # noqa: E402
 from diffdis_jax.nn.unet import UNet2DCondition  # noqa: E402
@@ -91,7 +93,7 @@ def _torch(lhs, rhs, strides, padding, steps, warmup) -> float:
   return timing.median_seconds(step, steps, warmup)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--size', default='sd15', help="'tiny' (demo UNet) or 'sd15'")
   parser.add_argument('--latent', type=int, default=0, help='latent side (0: config)')
@@ -99,12 +101,15 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--vs-torch', action='store_true')
-  args = parser.parse_args()
+  parser.add_argument('--shapes', type=int, default=0,
+                      help='time only the first N shapes (0: all); the total covers those')
+  args = tiny.parse_args(parser, argv, size='tiny', batch=1, steps=1, warmup=0, shapes=2)
 
   config = diffdis_bench_config(args.size, args.batch, args.latent, 'none')
   shapes = model_convolutions(config)
+  timed = sorted(shapes.items())[:args.shapes or None]
   totals = collections.Counter()
-  for (lhs, rhs, strides, padding), count in sorted(shapes.items()):
+  for (lhs, rhs, strides, padding), count in timed:
     record = {'bench': 'conv', 'size': args.size, 'input': lhs, 'kernel': rhs,
               'strides': strides, 'padding': padding, 'count': count,
               'auto': 'im2col' if convolution.prefers_im2col(lhs, rhs, strides, padding)
@@ -126,6 +131,7 @@ def main():
     total['xla_vs_torch'] = round(totals['xla_s'] / totals['torch_s'], 3)
   print(json.dumps({'bench': 'conv_total', 'size': args.size, 'batch': args.batch,
                     'latent': config.model.input_size, 'convolutions': sum(shapes.values()),
+                    'timed_convolutions': sum(count for _, count in timed),
                     **total,
                     'backend': jax.default_backend(), 'jax': jax.__version__}))
 

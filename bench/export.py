@@ -3,6 +3,7 @@
   python bench/export.py                                    # every step, tpu and cuda, 3 meshes
   python bench/export.py --steps=sddit_splash --platforms=tpu --mesh=data:2,fsdp:2,tensor:2
   python bench/export.py --depth=2                          # every stack cut to 2 blocks
+  python bench/export.py --tiny                             # smoke run (bench/tiny.py)
 
 Steps (each from its config file, at full size unless --depth cuts it):
   sddit_train    SD-DiT-XL/2's train step (configs/sddit_xl.py)
@@ -51,6 +52,8 @@ _MESH = flags.DEFINE_multi_string('mesh', list(MESHES), 'data:N,fsdp:N,tensor:N 
 _DEPTH = flags.DEFINE_integer('depth', 0, '0: full size; N: DiT stacks of N blocks (the '
                               'separate decoder too), a 2-level UNet of one layer per block')
 _BATCH = flags.DEFINE_integer('batch', 0, 'global batch (train and sampling); 0: the config\'s')
+_TINY = flags.DEFINE_bool('tiny', False, 'smoke run (bench/tiny.py): SD-DiT\'s train step cut '
+                          'to one block, for the CPU, on a 2-device mesh')
 
 
 def step_config(step: str, mesh: dict, depth: int = 0, batch: int = 0):
@@ -134,7 +137,10 @@ def module_facts(exported) -> dict:
 def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
+  import tiny  # bench/tiny.py
   from diffdis_jax.parallel import mesh as mesh_lib
+  tiny.absl_tiny(flags.FLAGS, _TINY.value, steps='sddit_train', platforms='cpu',
+                 mesh='data:2', depth='1', batch='2')
   meshes = [mesh_lib.parse_mesh_flag(m) for m in _MESH.value]
   if any(-1 in m.values() for m in meshes):
     raise SystemExit('--mesh: give every axis a size')

@@ -3,6 +3,7 @@
   python bench/flops.py --config=configs/sddit_s.py       # a config's own layout and head
   python bench/flops.py --model=DiT-XL/2
   python bench/flops.py --model=DiT-XL/2 --mask-ratios=0.2,0.5 --decoders=separate,split:4
+  python bench/flops.py --tiny                # smoke run (bench/tiny.py): DiT-S/2, two rows
 
 An SD-DiT step runs the masked student (forward + backward) and the teacher encoder (forward
 only) where DiT runs one full forward + backward, so at equal MFU their step-time ratio is
@@ -21,6 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import costs  # noqa: E402  (bench/costs.py)
+import tiny  # noqa: E402  (bench/tiny.py)
 from diffdis_jax.tasks import make_task  # noqa: E402
 from train_step import bench_config  # noqa: E402  (bench/train_step.py)
 
@@ -75,7 +77,7 @@ def table(model_name: str, mask_ratios, decoders, config_file: str = ''):
   return rows
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='DiT-XL/2')
   parser.add_argument('--config', default='',
@@ -87,7 +89,7 @@ def main():
                       help="comma-separated: 'separate' (MaskDiT 8x512, the default) or "
                            "'split:N' (the stack's last N blocks decode); default "
                            "separate,split:4 (with --config: the config's own)")
-  args = parser.parse_args()
+  args = tiny.parse_args(parser, argv, model='DiT-S/2', mask_ratios='0.2', decoders='split:2')
   default_masks = '' if args.config else '0.0,0.1,0.2,0.3,0.4,0.5'
   masks = args.mask_ratios if args.mask_ratios is not None else default_masks
   mask_ratios = [float(m) for m in masks.split(',') if m]

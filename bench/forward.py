@@ -3,6 +3,7 @@
   python bench/forward.py --model=unet-sd15 --vs-torch --batch=1 --resolution=256
   python bench/forward.py --model=vae-sd --vs-torch
   python bench/forward.py --model=clip-l --vs-torch --batch=8
+  python bench/forward.py --tiny [--model=...]    # smoke run (bench/tiny.py): --small CLIP
 
 Prints one JSON line per measurement (UNet: one noise prediction; VAE: encode and decode
 separately; CLIP: one encoding of 77 tokens) with our steady-state time (jitted, after a
@@ -29,6 +30,7 @@ from diffdis_jax import weights  # noqa: E402
 from diffdis_jax.torch_peers import prepare_torchvision  # noqa: E402
 from diffdis_jax.weights.convert import expected_params  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py)
+import tiny  # noqa: E402  (bench/tiny.py)
 
 # Full-size configs, as in the SD 1.5 / SD VAE / CLIP ViT-L/14 config.json files.
 UNET_SD15 = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -147,16 +149,20 @@ def measurements(args):
            None if peer is None else lambda: peer(torch.from_numpy(ids)).last_hidden_state)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--model', required=True, choices=['unet-sd15', 'vae-sd', 'clip-l'])
+  # required, but --tiny names one: argparse checks `required` before any default applies
+  parser.add_argument('--model', choices=['unet-sd15', 'vae-sd', 'clip-l'],
+                      help='required (--tiny: clip-l)')
   parser.add_argument('--vs-torch', action='store_true')
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--resolution', type=int, default=512, help='image side in pixels')
   parser.add_argument('--small', action='store_true', help='reduced widths (smoke run)')
   parser.add_argument('--iters', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=1)
-  args = parser.parse_args()
+  args = tiny.parse_args(parser, argv, model='clip-l', small=True, resolution=64, iters=1)
+  if args.model is None:
+    parser.error('the following arguments are required: --model')
   import torch
   for component, ours, theirs in measurements(args):
     compile_s, ours_s = time_calls(ours, args.iters, args.warmup)

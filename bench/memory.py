@@ -3,6 +3,7 @@
   python bench/memory.py --config=configs/sddit_xl.py --mesh=data:1,fsdp:8,tensor:1
   python bench/memory.py --config=configs/sddit_xl.py --mesh=data:2,fsdp:4,tensor:1 \
       --config.batch_size=256
+  python bench/memory.py --tiny          # smoke run (bench/tiny.py): the tiny SD-DiT on fsdp:2
 
 Builds the train state with jax.eval_shape, lays it out with the config's axis rules on the
 requested mesh, compiles the real train step for that mesh ahead of time (on CPU: virtual
@@ -38,6 +39,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import costs  # noqa: E402  (bench/costs.py)
+import tiny  # noqa: E402  (bench/tiny.py)
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/*.py file.')
 _MESH = flags.DEFINE_string('mesh', 'data:1,fsdp:8,tensor:1', 'data:N,fsdp:N,tensor:N')
@@ -48,9 +50,12 @@ _COMPILE = flags.DEFINE_bool('compile', True, 'false: the state figures only (no
 _FAST = flags.DEFINE_bool('fast_compile', True, 'CPU: compile with LLVM at -O0. Buffer '
                           'sizes and collectives are fixed before LLVM runs, so the figures '
                           'are the same; the compile takes about half the time.')
+_TINY = flags.DEFINE_bool('tiny', False, tiny.HELP)
 
 def main(argv):
   del argv
+  tiny.absl_tiny(flags.FLAGS, _TINY.value, config='configs/demo.py',
+                 mesh='data:1,fsdp:2,tensor:1')
   # pylint: disable=g-import-not-at-top
   from diffdis_jax.parallel import mesh as mesh_lib
   sizes = mesh_lib.parse_mesh_flag(_MESH.value)
@@ -71,6 +76,8 @@ def main(argv):
     raise SystemExit('--config is required, e.g. --config=configs/sddit_xl.py')
   with config.unlocked():
     config.mesh.update(sizes)
+    if _TINY.value and config.method == 'sddit':
+      tiny.shrink_dit(config)
   # no modes.check_run: the data need not exist to size the step (shapes come from the model)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = build_trainer(config, workdir)

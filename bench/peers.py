@@ -16,7 +16,7 @@ import jax
 
 import timing  # bench/timing.py
 from diffdis_jax.tasks.diffdis.model import unet_fields
-from diffdis_jax.nn.dit import parse_dit_name
+from diffdis_jax.tasks.sddit.checks import dit_sizes
 
 
 def _torch():
@@ -53,7 +53,8 @@ def dit_model(config):
   """diffusers' DiTTransformer2DModel of config.model's DiT (on the CPU)."""
   _torch()
   from diffusers import DiTTransformer2DModel  # pylint: disable=g-import-not-at-top
-  depth, width, heads, patch = parse_dit_name(config.model.name)
+  # the config's own depth, width and heads where it overrides the name's (configs/demo.py)
+  depth, width, heads, patch = dit_sizes(config.model)
   m = config.model
   return DiTTransformer2DModel(
       num_attention_heads=heads, attention_head_dim=width // heads, in_channels=m.in_channels,

@@ -3,6 +3,7 @@
   export XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true      # on CPU
   python bench/profile_step.py --method=unet --size=sd15 --latent=32 --batch=1 --optimizer=sgd
   python bench/profile_step.py --model=DiT-S/2 --method=dit --batch=8
+  python bench/profile_step.py --tiny                       # smoke run (bench/tiny.py)
 
 Compiles the same step as bench/train_step.py (its flags), runs `--steps` steps under
 `jax.profiler.trace` after one untimed step, and reads the trace back with
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
+import tiny  # noqa: E402  (bench/tiny.py)
 import train_step as bench  # noqa: E402  (bench/train_step.py)
 from diffdis_jax.tasks import make_task  # noqa: E402
 from diffdis_jax.train import step as step_lib  # noqa: E402
@@ -111,10 +113,10 @@ def op_events(trace_dir: str, names: set) -> collections.Counter:
   return totals
 
 
-def main():
+def main(argv=None):
   parser = bench.argument_parser(__doc__.splitlines()[0])
   parser.add_argument('--top', type=int, default=40, help='groups printed')
-  args = parser.parse_args()
+  args = tiny.parse_args(parser, argv, **bench.TINY, top=5)
   if jax.default_backend() == 'cpu' and 'xla_cpu_enable_xprof_traceme=true' not in \
       os.environ.get('XLA_FLAGS', ''):
     raise SystemExit('XLA:CPU records per-op events only with '
@@ -125,6 +127,8 @@ def main():
   else:
     config = bench.bench_config(args.model, args.method, args.batch, args.config)
   config = bench.apply_flags(config, args)
+  if args.tiny and args.method in ('sddit', 'dit'):
+    config = tiny.shrink_dit(config)
 
   task = make_task(config)
   model = task.build_model()

@@ -7,6 +7,7 @@
       --attention=cudnn --vs-torch                                  # on a GPU
   python bench/train_step.py --method=diffdis --size=tiny --batch=8 --vs-torch
   python bench/train_step.py --method=diffdis --size=sd15 --batch=1 --latent=32 --optimizer=sgd
+  python bench/train_step.py --tiny [--method=...]       # smoke run (bench/tiny.py)
 
 Ours: the real jitted train step of the package (EDM loss, AdamW, sampling EMA and, for
 sddit, the masked student, the teacher and its EMA), on ImageNet-256-shaped latents (32x32x4,
@@ -54,6 +55,7 @@ import optax  # noqa: E402
 import costs  # noqa: E402  (bench/costs.py)
 import peers  # noqa: E402  (bench/peers.py)
 import timing  # noqa: E402  (bench/timing.py)
+import tiny  # noqa: E402  (bench/tiny.py)
 from configs import common, diffdis_common  # noqa: E402
 from diffdis_jax.core.overrides import apply_overrides  # noqa: E402
 from diffdis_jax.eval.diffdis_sampler import make_query_predictor  # noqa: E402
@@ -338,8 +340,12 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
   return parser
 
 
-def main():
-  args = argument_parser(__doc__.splitlines()[0]).parse_args()
+# --tiny: one untimed and one timed step of the quickest compile; dit/sddit shrink the model
+TINY = dict(batch=2, steps=1, warmup=1, xla_opt_level=0, sample_steps=2)
+
+
+def main(argv=None):
+  args = tiny.parse_args(argument_parser(__doc__.splitlines()[0]), argv, **TINY)
   if args.vs_torch:  # the peer shares the GPU: without this JAX takes 75% of it at start
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
@@ -354,6 +360,8 @@ def main():
     print(json.dumps({**bench_unet(args), **machine}))
     return
   config = apply_flags(bench_config(args.model, args.method, args.batch, args.config), args)
+  if args.tiny:
+    config = tiny.shrink_dit(config)
   ours = time_ours(config, args.steps, args.warmup, compiler_options=compiler_options(args),
                    optimizer=args.optimizer)
   flops = costs.sddit_flops(make_task(config).build_model(), config)

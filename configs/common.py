@@ -46,7 +46,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.nonfinite = 'skip'          # non-finite loss or gradients: 'skip' the update | 'stop'
   config.preemption_check_every = 10  # multi-host without jax's preemption service: steps
                                      # between the all-gathers that agree on a SIGTERM stop
-  config.compute_dtype = 'float32'   # 'bfloat16' on TPU/GPU
+  config.compute_dtype = 'float32'   # 'bfloat16' on TPU/GPU; 'auto': bfloat16 where the
+                                     # hardware multiplies it, else float32 (core/dtypes.py)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'DiT-XL/2'

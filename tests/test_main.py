@@ -51,6 +51,7 @@ BAD_INPUTS = [
     ([DEMO, '--config.optim.lr=-0.001'], 'optim.lr must be a positive number'),
     ([DEMO, '--config.optim.lr=fast'], 'optim.lr'),
     ([DEMO, '--config.nonfinite=nope'], 'nonfinite'),
+    ([DEMO, '--config.compute_dtype=bf16'], 'pass --config.compute_dtype=bfloat16'),
     ([DEMO, '--config.ema_decay=1.5'], 'ema_decay'),
     ([DEMO, '--config.model.attention_impl=flash'], 'model.attention_impl'),
     ([DEMO, '--config.model.remat=yes'], 'model.remat'),

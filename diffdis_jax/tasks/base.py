@@ -19,7 +19,9 @@ import jax.numpy as jnp
 
 from diffdis_jax import weights
 from diffdis_jax.core.checks import check
+from diffdis_jax.core.dtypes import resolve_compute_dtype
 
+# the dtypes config.compute_dtype names; 'auto' resolves to one of them (core/dtypes.py)
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 # the modes every task serves; `modes` of a task adds those it implements
 TRAIN_AND_GRID = ('train', 'grid')
@@ -32,8 +34,9 @@ def latent_scale(config, vae_path: str) -> float:
 
 
 def compute_dtype(config):
-  """The activations' and matmuls' dtype that `config.compute_dtype` names."""
-  return COMPUTE_DTYPES[config.compute_dtype]
+  """The activations' and matmuls' dtype that `config.compute_dtype` names, with 'auto'
+  resolved for the target platform (core/dtypes.py)."""
+  return COMPUTE_DTYPES[resolve_compute_dtype(config.compute_dtype)[0]]
 
 
 class Task(abc.ABC):

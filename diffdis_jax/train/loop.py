@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from clu import metric_writers, periodic_actions
 
+from diffdis_jax.core.dtypes import resolve_compute_dtype
 from diffdis_jax.eval.sample import save_png
 from diffdis_jax.parallel import mesh as mesh_lib
 from diffdis_jax.train import checkpoint as ckpt_lib
@@ -32,6 +33,10 @@ class Trainer:
     tests use a subset, e.g. to resume a checkpoint of an 8-device mesh on 2 devices."""
     self.config, self.workdir, self.task = config, workdir, task
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+    # what the model computes in, and why: 'auto' differs between hosts (core/dtypes.py)
+    self.compute_dtype, why = resolve_compute_dtype(config.compute_dtype)
+    logging.info('compute dtype %s (%s); parameters and optimizer state float32',
+                 self.compute_dtype, why)
     self.model = task.build_model()
     self.objective = task.objective
     # the configs the step is compiled from: the run's, then the final phase's (if any), which
