@@ -48,6 +48,8 @@ HEAVY_FIRST = (
     'test_diffdis_model.py', 'test_diffdis_pairs.py',
     'test_classifier_metric.py', 'test_diffdis_eval.py', 'test_train_loop.py',
     'test_resume.py', 'test_main.py', 'test_export.py', 'test_convolution.py',
+    'test_compute_dtype.py', 'test_bench_tiny.py', 'test_final_phase.py',
+    'test_disk_full_run.py', 'test_sddit_collapse.py', 'test_kill_during_save.py',
 )
 
 
