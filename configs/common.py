@@ -72,6 +72,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       dict(hidden=2048, bottleneck=256, out_dim=8192, num_layers=3))
 
   config.edm = ml_collections.ConfigDict(dict(sigma_data=0.5, p_mean=-1.2, p_std=1.2))
+  # the denoising objective (diffusion/objective.py): 'edm' (MaskDiT, SD-DiT) | 'ddpm' (DiT's:
+  # epsilon and a learned-range variance, needs model.learn_sigma=True) | 'flow' (SiT's linear
+  # interpolant with a velocity target; t 'uniform' or 'logit_normal' with t_mean, t_std)
+  config.objective = 'edm'
+  config.flow = ml_collections.ConfigDict(dict(t_distribution='uniform', t_mean=0.0, t_std=1.0))
 
   config.sddit = ml_collections.ConfigDict()
   config.sddit.mask_ratio = 0.2

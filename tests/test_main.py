@@ -73,7 +73,8 @@ BAD_INPUTS = [
      'holds no dataset_info.json'),
     ([DEMO, '--config.sample.parameterization=ddim'], 'sample.parameterization'),
     ([DEMO, '--config.sample.guidance_channels=2'], 'sample.guidance_channels'),  # 1 channel
-    ([OFFICIAL], "training here is EDM's"),  # DiT's released weights sample, never train
+    ([OFFICIAL, '--config.objective=flow'], 'does not fit objective'),  # learn_sigma: ddpm's
+    ([DEMO, '--config.objective=vp'], 'objective='),
     ([OFFICIAL, '--config.sample.respacing=ddim999'], 'sample.respacing'),
     ([OFFICIAL, '--config.sample.solver=heun'], 'sample.solver'),
     ([FMNIST_DIFFDIS, '--config.diffdis.context_length=77'], 'context_length=14'),

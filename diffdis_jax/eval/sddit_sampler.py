@@ -1,8 +1,9 @@
 """SD-DiT's class-conditional sampler and its grids.
 
-`sample.parameterization` picks the sampler: 'edm' (the models trained here: EDM's Heun or
-Euler with classifier-free guidance) or 'ddpm' (facebookresearch/DiT's released weights:
-epsilon and learned-range variance on a respaced linear schedule, ancestral or DDIM).
+`sample.parameterization` picks the sampler, the one of the model's objective: 'edm' (EDM's
+Heun or Euler with classifier-free guidance), 'ddpm' (DiT's, trained here or its released
+weights: epsilon and learned-range variance on a respaced linear schedule, ancestral or DDIM)
+or 'flow' (SiT's: Euler or Heun on the ODE, Euler-Maruyama on the SDE).
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.diffusion import ddpm, edm, samplers
+from diffdis_jax.diffusion import ddpm, edm, flow, samplers
 from diffdis_jax.eval.sample import to_grid
 
-PARAMETERIZATIONS = ('edm', 'ddpm')
+PARAMETERIZATIONS = ('edm', 'ddpm', 'flow')
 
 
 def make_sample_fn(model, config):
@@ -21,6 +22,8 @@ def make_sample_fn(model, config):
   s = config.sample
   if s.parameterization == 'ddpm':
     return _make_ddpm_sample_fn(model, config)
+  if s.parameterization == 'flow':
+    return _make_flow_sample_fn(model, config)
   if s.parameterization != 'edm':
     raise ValueError(f'sample.parameterization must be one of {PARAMETERIZATIONS}, got '
                      f'{s.parameterization!r}')
@@ -65,6 +68,21 @@ def _make_ddpm_sample_fn(model, config):
                                                  s.guidance_channels or model.in_channels)
     return ddpm.sample_learned_range(model_fn, noise, schedule, noise_keys(noise),
                                      solver=s.solver)
+  return sample
+
+
+def _make_flow_sample_fn(model, config):
+  """SiT's samplers from t = 1 to 0 in sample.steps steps, guidance on the velocity as DiT
+  guides its output (sample.guidance_channels)."""
+  s = config.sample
+
+  def sample(params, noise, labels):
+    net = lambda x, t, y: model.apply({'params': params}, x, t, y)
+    velocity = samplers.classifier_free_guidance(net, labels, model.num_classes, s.guidance,
+                                                 s.guidance_channels)
+    if s.solver == 'euler_maruyama':
+      return flow.sde_sample(velocity, noise, noise_keys(noise), num_steps=s.steps)
+    return flow.ode_sample(velocity, noise, num_steps=s.steps, solver=s.solver)
   return sample
 
 

@@ -16,6 +16,8 @@ from diffdis_jax.data.latent_sets import check_latent_set
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
 from diffdis_jax.diffusion.ddpm import RESPACED_SOLVERS, respaced_schedule
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
+from diffdis_jax.diffusion import flow
+from diffdis_jax.diffusion.objective import NAMES as OBJECTIVES
 from diffdis_jax.diffusion.samplers import SOLVERS
 from diffdis_jax.eval.image_set_metrics import image_set, images_dir
 from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
@@ -54,7 +56,15 @@ def check_model(config):
 
 
 def check_objective(config):
-  s = config.sddit
+  s, name = config.sddit, config.get('objective', 'edm')
+  one_of(name, OBJECTIVES, 'objective')
+  learn = config.model.learn_sigma
+  check(learn == (name == 'ddpm'),
+        f"model.learn_sigma={learn} does not fit objective={name!r}: only 'ddpm' trains the "
+        f'variance channels; pass --config.model.learn_sigma={name == "ddpm"}')
+  if name == 'flow':
+    one_of(config.flow.t_distribution, flow.T_DISTRIBUTIONS, 'flow.t_distribution')
+    check(config.flow.t_std > 0, f'flow.t_std must be > 0, got {config.flow.t_std}')
   check(0.0 <= s.mask_ratio < 1.0, f'sddit.mask_ratio must be in [0, 1), got {s.mask_ratio}')
   check(s.dis_weight >= 0, f'sddit.dis_weight must be >= 0, got {s.dis_weight}')
   one_of(s.teacher_sigma, TEACHER_SIGMA_POLICIES, 'sddit.teacher_sigma')
@@ -95,6 +105,10 @@ def check_sampler(config):
   """The sampler's parameterization, solver, respacing and guided channels fit the model."""
   s, m = config.sample, config.model
   one_of(s.parameterization, PARAMETERIZATIONS, 'sample.parameterization')
+  objective = config.get('objective', 'edm')
+  check(s.parameterization == objective,
+        f'sample.parameterization={s.parameterization!r} does not belong to '
+        f'objective={objective!r}; pass --config.sample.parameterization={objective}')
   channels = s.guidance_channels
   check(isinstance(channels, int) and 0 <= channels <= m.in_channels,
         f'sample.guidance_channels={channels!r} must be an integer from 0 (all) to '
@@ -105,6 +119,10 @@ def check_sampler(config):
     check(not m.learn_sigma, "model.learn_sigma=True adds variance channels that EDM does not "
                              "use; pass --config.model.learn_sigma=False, or "
                              "--config.sample.parameterization=ddpm for DiT's weights")
+    return
+  if s.parameterization == 'flow':
+    one_of(s.solver, flow.SOLVERS, 'sample.solver')
+    check(s.steps >= 2, 'sample.steps must be >= 2')
     return
   check(s.solver in RESPACED_SOLVERS,
         f"sample.solver={s.solver!r} is not one of {list(RESPACED_SOLVERS)} (the samplers of "
@@ -247,10 +265,6 @@ def check_mode(config, mode: str, workdir: str, num_devices):
   weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
   ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'
   fid_in_training = mode == 'train' and ev.fid_every > 0
-  if mode == 'train':
-    check(s.parameterization == 'edm',
-          f"sample.parameterization={s.parameterization!r} samples DiT's released weights; "
-          "training here is EDM's: pass --config.sample.parameterization=edm to train")
   check_latents(config, mode)
   if mode == 'sample' or fid_in_training:
     _check_sampling(config, num_devices)
