@@ -12,13 +12,15 @@ policy reads alike on every objective.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.diffusion import ddpm, edm, flow
+from diffdis_jax.diffusion import ddpm, edm, flow, samplers
 
 NAMES = ('edm', 'ddpm', 'flow')
 
@@ -32,34 +34,38 @@ class TeacherPolicy:
   fixed: float = 0.05
 
 
-class _Objective:
+class Objective(abc.ABC):
   """The interface. `level` is (batch,): sigma (EDM), a step index (DDPM) or t (flow)."""
 
   name = ''
   learn_sigma = False   # whether the network must output a variance half
+  solvers: tuple = ()   # the samplers that belong to it (sample.solver's values)
+  default_solver = ''   # the one an empty sample.solver means
 
+  @abc.abstractmethod
   def sample_level(self, rng, batch: int):
-    raise NotImplementedError
+    """Training levels (batch,) drawn from the objective's distribution."""
 
+  @abc.abstractmethod
   def noisy(self, x0, noise, level):
     """The point of the path at `level` for clean x0 and standard normal noise."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def net_inputs(self, x, level):
     """(network input, network time) of the preconditioned network at (x, level)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def element_loss(self, net_out, x, x0, noise, level):
     """Per-element loss, NHWC with x0's channels: its mean over elements is the loss."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def to_sigma(self, level):
-    raise NotImplementedError
+    """The EDM-equivalent sigma of `level`: its path divided by x0's scale is x0 + sigma n."""
 
+  @abc.abstractmethod
   def from_sigma(self, sigma):
     """The level whose EDM-equivalent sigma is sigma (for DDPM, the nearest step at or below
     it, step 0 below the schedule)."""
-    raise NotImplementedError
 
   def teacher_level(self, level, policy: TeacherPolicy):
     """A level at lower noise on the same path, by the policy applied to the EDM sigma."""
@@ -69,13 +75,14 @@ class _Objective:
 
 
 @dataclasses.dataclass(frozen=True)
-class EDM(_Objective):
+class EDM(Objective):
   """Karras et al.'s: ln sigma ~ N(p_mean, p_std^2), x = x0 + sigma n, the preconditioned
   denoiser D = c_skip x + c_out F against x0, weighted by lambda(sigma)."""
   sigma_data: float = 0.5
   p_mean: float = -1.2
   p_std: float = 1.2
   name = 'edm'
+  solvers, default_solver = samplers.SOLVERS, 'heun'
 
   def sample_level(self, rng, batch):
     return edm.sample_sigma(rng, batch, self.p_mean, self.p_std)
@@ -102,16 +109,17 @@ class EDM(_Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class DDPM(_Objective):
+class DDPM(Objective):
   """DiT's: uniform steps of respaced_schedule(''), an epsilon target with a learned-range
   variance, mse + vb (ddpm.training_losses, per element); the network sees x_t and the step."""
   respacing: str = ''
   name = 'ddpm'
   learn_sigma = True
+  solvers, default_solver = ddpm.RESPACED_SOLVERS, 'ancestral'   # DiT's FID sampler
 
   @property
   def schedule(self) -> ddpm.Schedule:
-    return ddpm.respaced_schedule(self.respacing)
+    return _schedule(self.respacing)
 
   def sample_level(self, rng, batch):
     return ddpm.sample_timesteps(rng, batch, len(self.schedule.timesteps))
@@ -141,13 +149,14 @@ class DDPM(_Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class Flow(_Objective):
+class Flow(Objective):
   """SiT's linear interpolant: t uniform or logit-normal, x = (1 - t) x0 + t n, the velocity
   n - x0 as target with weight 1; the network sees x_t and t."""
   t_distribution: str = 'uniform'
   t_mean: float = 0.0
   t_std: float = 1.0
   name = 'flow'
+  solvers, default_solver = flow.SOLVERS, 'heun'   # SiT's ODE, at second order
 
   def sample_level(self, rng, batch):
     return flow.sample_t(rng, batch, self.t_distribution, self.t_mean, self.t_std)
@@ -169,7 +178,13 @@ class Flow(_Objective):
     return 1.0 / (1.0 + 1.0 / sigma)   # so sigma = inf (t = 1) maps back to 1, not nan
 
 
-def build(name: str, *, edm_fields=None, flow_fields=None) -> _Objective:
+@functools.lru_cache(maxsize=4)
+def _schedule(respacing: str) -> ddpm.Schedule:
+  # float64 constants built once per program rather than at every trace of every call
+  return ddpm.respaced_schedule(respacing)
+
+
+def build(name: str, *, edm_fields=None, flow_fields=None) -> Objective:
   """The objective `name`, from plain fields (a config's `edm` and `flow` groups)."""
   if name == 'edm':
     return EDM(**dict(edm_fields or {}))
@@ -178,3 +193,10 @@ def build(name: str, *, edm_fields=None, flow_fields=None) -> _Objective:
   if name == 'flow':
     return Flow(**dict(flow_fields or {}))
   raise ValueError(f'objective must be one of {NAMES}, got {name!r}')
+
+
+def from_config(config) -> Objective:
+  """The objective a model config trains on: `config.objective` ('edm' where a config
+  predates the field), with its `edm` or `flow` group."""
+  return build(config.get('objective', 'edm'), edm_fields=config.get('edm', None),
+               flow_fields=config.get('flow', None))

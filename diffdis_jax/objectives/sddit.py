@@ -100,10 +100,9 @@ def self_distillation_ce(student_logits, teacher_logits, center, student_temp, t
   return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def denoising_objective(config):
+def denoising_objective(config) -> objective_lib.Objective:
   """The objective `config.objective` names ('edm' when the field is absent), with its fields."""
-  return objective_lib.build(config.get('objective', 'edm'), edm_fields=config.edm,
-                             flow_fields=config.get('flow', None))
+  return objective_lib.from_config(config)
 
 
 def teacher_policy(config) -> objective_lib.TeacherPolicy:
