@@ -47,7 +47,8 @@ def build_sddit(config) -> SDDiT:
       depth=depth, num_heads=heads, num_classes=m.num_classes, learn_sigma=m.learn_sigma,
       decoder_mode=m.decoder_mode, decoder_depth=m.decoder_depth,
       decoder_width=m.decoder_width, decoder_heads=m.decoder_heads, infill=m.infill,
-      head=head, attention_impl=m.attention_impl, remat=m.remat,
+      head=head, time_freq_shift=float(m.get('time_freq_shift', 0.0)),
+      attention_impl=m.attention_impl, remat=m.remat,
       dtype=base.compute_dtype(config))
 
 
