@@ -167,6 +167,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.extract.batch_size = 64  # per host
   config.data.extract.shard_size = 10_000  # examples per output shard (the unit of resuming)
 
+  # --mode=export: a DiT's EMA params as diffusers' DiTTransformer2DModel folder
+  # (weights/export.py; docs/weights.md). '': <workdir>/diffusers_dit
+  config.export = ml_collections.ConfigDict(dict(output=''))
+
   config.init = ml_collections.ConfigDict()
   # a facebookresearch/DiT model converted to safetensors (docs/weights.md), checked against
   # the model's shapes before anything compiles: every parameter that fits by path and shape

@@ -261,6 +261,11 @@ def _check_sampling(config, num_devices):
   _check_vae(config)
 
 
+def export_output(config, workdir: str) -> str:
+  """Where --mode=export writes: export.output, or <workdir>/diffusers_dit."""
+  return config.export.output or os.path.join(workdir, 'diffusers_dit')
+
+
 def check_mode(config, mode: str, workdir: str, num_devices):
   """The files and sizes --mode=sample, --mode=eval and FID during training need."""
   s, ev = config.sample, config.eval
@@ -281,6 +286,12 @@ def check_mode(config, mode: str, workdir: str, num_devices):
     output = default_output(config, workdir)
     check(not os.path.exists(output), f'{output} exists and would be overwritten; remove it or '
                                       'pass --config.sample.output=PATH')
+  if mode == 'export':
+    has_checkpoint(workdir)   # the EMA params of its newest step are what is exported
+    output = export_output(config, workdir)
+    check(not os.path.exists(os.path.join(output, 'config.json')),
+          f'{output} already holds an export, which would be overwritten; remove it or pass '
+          '--config.export.output=DIR')
   if fid_in_training:
     check(ev.fid_samples >= 2 and ev.fid_samples % s.batch_size == 0,
           f'eval.fid_samples {ev.fid_samples} must be a multiple of sample.batch_size '
