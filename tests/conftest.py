@@ -48,6 +48,7 @@ HEAVY_FIRST = (
     'test_diffdis_model.py', 'test_diffdis_pairs.py',
     'test_classifier_metric.py', 'test_diffdis_eval.py', 'test_train_loop.py',
     'test_resume.py', 'test_main.py', 'test_export.py', 'test_convolution.py',
+    'test_objective_modes.py',
 )
 
 

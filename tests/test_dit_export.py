@@ -94,3 +94,34 @@ def test_params_of_another_model_are_refused(tmp_path):
   params = _params(SDDiT(**{**TINY, 'depth': 3}))
   with pytest.raises(weights.WeightMismatchError, match='blocks_2'):
     weights.save_diffusers_dit(tmp_path / 'dit', model, params)
+
+
+def test_dit_pipeline_samples_the_export_as_our_ddim_sampler(tmp_path):
+  """The README's recipe: diffusers' DiTPipeline on the exported folder (DDIM, eta 0, no
+  guidance) ends where our DDPM sampler ends from the same start, through the same VAE."""
+  from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.diffusion import ddpm  # pylint: disable=g-import-not-at-top
+  model = SDDiT(**TINY, learn_sigma=True)
+  params = _params(model, seed=3)
+  folder = weights.save_diffusers_dit(tmp_path / 'dit', model, params)
+  torch.manual_seed(0)
+  vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4,
+                      sample_size=8).eval()
+  scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', beta_start=1e-4,
+                            beta_end=0.02, clip_sample=False, set_alpha_to_one=True)
+  pipe = DiTPipeline(transformer=DiTTransformer2DModel.from_pretrained(folder), vae=vae,
+                     scheduler=scheduler)
+  labels = [2, 7]
+  theirs = pipe(class_labels=labels, num_inference_steps=5, guidance_scale=1.0,
+                generator=torch.Generator().manual_seed(0), output_type='np').images
+  # the pipeline's start: randn of its generator, NCHW
+  start = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0)).numpy()
+  y = np.asarray(labels)
+  net = lambda x, t: model.apply({'params': params}, x, t.astype(np.float32), y)
+  latents = ddpm.sample_learned_range(net, start.transpose(0, 2, 3, 1),
+                                      ddpm.respaced_schedule('ddim5'), keys=None, solver='ddim')
+  with torch.no_grad():
+    ours = vae.decode(nchw(np.asarray(latents)) / vae.config.scaling_factor).sample
+  ours = nhwc((ours / 2 + 0.5).clamp(0, 1))
+  assert theirs.shape == (2, 8, 8, 3)
+  assert_close(ours, theirs, tol=1e-4)

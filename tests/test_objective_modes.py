@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import DiTTransformer2DModel
 
-from conftest import tiny_sddit_config
+from conftest import FAST_COMPILE, tiny_sddit_config
 from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.eval import sample_npz
 from diffdis_jax.modes.checks import check_run
@@ -51,14 +51,21 @@ def _run(mode, config, workdir):
   return run(mode, config, workdir)
 
 
+def _train(config, workdir, stop_at=None):
+  """--mode=train, its step compiled with FAST_COMPILE (both runs compared alike)."""
+  check_run(config, 'train', workdir, 8)
+  trainer = build_trainer(config, workdir)
+  trainer.compiler_options = FAST_COMPILE
+  trainer.train(stop_at=stop_at)
+
+
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_every_mode_on_the_objective(case, classifier_dir, tmp_path):
   config = _config(case, classifier_dir)
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  _run('train', config, straight)
-  check_run(config, 'train', resumed, 8)
-  build_trainer(config, resumed).train(stop_at=2)
-  _run('train', config, resumed)   # resumes from step 2
+  _train(config, straight)
+  _train(config, resumed, stop_at=2)
+  _train(config, resumed)   # resumes from step 2
   losses = lambda w: [(r['step'], r['loss']) for r in read_metrics(w) if 'loss' in r]
   prints = lambda w: {r['step']: r['params_fingerprint'] for r in read_metrics(w)
                       if 'params_fingerprint' in r}
