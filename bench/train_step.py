@@ -260,7 +260,7 @@ def time_samplers(config, sample_steps: int, steps: int, warmup: int, ddpm: bool
             'sample_guidance': 1.5, 'sample_evals': 2 * sample_steps - 1}
   if ddpm:
     dit = apply_overrides(copy.deepcopy(edm), {
-        'model.learn_sigma': True, 'sample.parameterization': 'ddpm',
+        'objective': 'ddpm', 'model.learn_sigma': True, 'sample.parameterization': 'ddpm',
         'sample.solver': 'ancestral', 'sample.respacing': str(sample_steps),
         'sample.guidance_channels': 3})
     rate = time_sampling(dit, steps, warmup)

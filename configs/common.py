@@ -60,6 +60,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.decoder_width = 512
   config.model.decoder_heads = 16
   config.model.infill = 'noisy'      # decoder input at masked positions: 'noisy' | 'mask_token'
+  # the time embedding's frequencies exp(-ln(1e4) i / (128 - shift)): 0 is facebookresearch/
+  # DiT's (and its released weights'); 1 is diffusers' DiTTransformer2DModel's, which only a
+  # model trained with it can be exported to exactly (--mode=export, docs/weights.md)
+  config.model.time_freq_shift = 0.0
   # None: 'einsum' on CPU, else jax's pick | 'einsum' | 'xla' | 'cudnn' (GPU); nn/attention.py
   config.model.attention_impl = config_dict.placeholder(str)
   # what each block keeps for its backward (nn/layers.py REMAT_POLICIES): 'none' | 'full'
@@ -73,6 +77,12 @@ def get_base_config() -> ml_collections.ConfigDict:
       dict(hidden=2048, bottleneck=256, out_dim=8192, num_layers=3))
 
   config.edm = ml_collections.ConfigDict(dict(sigma_data=0.5, p_mean=-1.2, p_std=1.2))
+  # the denoising objective (diffusion/objective.py) of DiT, MaskDiT and SD-DiT alike: 'edm'
+  # (MaskDiT's, SD-DiT's) | 'ddpm' (DiT's: epsilon and a learned-range variance, needs
+  # model.learn_sigma=True) | 'flow' (SiT's linear interpolant with a velocity target; t
+  # 'uniform' or 'logit_normal' with t_mean, t_std). The sampler follows it (sample.*)
+  config.objective = 'edm'
+  config.flow = ml_collections.ConfigDict(dict(t_distribution='uniform', t_mean=0.0, t_std=1.0))
 
   config.sddit = ml_collections.ConfigDict()
   config.sddit.mask_ratio = 0.2
@@ -102,11 +112,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.final_phase = ml_collections.ConfigDict(dict(fraction=0.0, lr=5e-5))
 
   config.sample = ml_collections.ConfigDict()
-  # 'edm': the models trained here | 'ddpm': facebookresearch/DiT's released weights (epsilon,
-  # learned-range variance, respaced linear schedule; configs/dit_xl_official.py)
-  config.sample.parameterization = 'edm'
-  config.sample.solver = 'heun'      # edm: 'heun' | 'euler';  ddpm: 'ancestral' | 'ddim'
-  config.sample.steps = 40           # edm only; ddpm takes its steps from sample.respacing
+  # the sampler of config.objective ('': its own; naming another is refused): 'edm' | 'ddpm'
+  # (DiT's: trained here or its released weights, configs/dit_xl_official.py) | 'flow'
+  config.sample.parameterization = ''
+  # '': the objective's default (the first named): edm 'heun' | 'euler';  ddpm 'ancestral' |
+  # 'ddim';  flow 'heun' | 'euler' (ODE) | 'euler_maruyama' (SiT's SDE)
+  config.sample.solver = ''
+  config.sample.steps = 40           # edm and flow; ddpm takes its steps from sample.respacing
   config.sample.respacing = '250'    # ddpm: DiT's respacing, 'N', 'N1,N2,..' or 'ddimN'
   config.sample.guidance = 1.5       # 1: no guidance
   # channels guided (the first N of the latent's; 0: all). DiT's sampler guides 3 of 4
@@ -155,6 +167,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.extract.image_size = 256  # ADM centre crop side; latents are image_size / 8
   config.data.extract.batch_size = 64  # per host
   config.data.extract.shard_size = 10_000  # examples per output shard (the unit of resuming)
+
+  # --mode=export: a DiT's EMA params as diffusers' DiTTransformer2DModel folder
+  # (weights/export.py; docs/weights.md). '': <workdir>/diffusers_dit
+  config.export = ml_collections.ConfigDict(dict(output=''))
 
   config.init = ml_collections.ConfigDict()
   # a facebookresearch/DiT model converted to safetensors (docs/weights.md), checked against

@@ -19,6 +19,7 @@ from diffdis_jax.core.overrides import apply_overrides
 def get_config():
   config = apply_overrides(common.imagenet_config('DiT-XL/2'), common.DIT_BASELINE,
                            'configs/dit_xl_official.py')
+  config.objective = 'ddpm'          # the objective DiT's weights were trained on
   config.model.learn_sigma = True    # 8 output channels: epsilon, then the variance
   config.compute_dtype = 'float32'   # DiT sampled in float32 (TF32 matmuls on its GPUs)
   s = config.sample

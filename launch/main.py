@@ -5,6 +5,7 @@ sample (sample.num_samples images of the latest checkpoint's EMA parameters to a
 .npz), eval (FID, sFID, IS, precision, recall of that file to <workdir>/eval.json; for
 DiffDis, zero-shot accuracy and retrieval recall of the latest checkpoint; see
 docs/evaluation.md), grid (the preview grid of the latest checkpoint's EMA parameters),
+export (a DiT's EMA parameters as a diffusers DiTTransformer2DModel folder, docs/weights.md),
 extract_latents (ImageNet -> SD-VAE latents written into the workdir, see docs/data.md). Any
 config field can be overridden as --config.FIELD=VALUE. Bad input stops with one line on
 stderr and exit status 2, before anything is compiled or written. A fault during the run (a
@@ -27,7 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.p
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 _MODE = flags.DEFINE_enum('mode', 'train',
-                          ['train', 'sample', 'eval', 'grid', 'extract_latents'], 'What to run.')
+                          ['train', 'sample', 'eval', 'grid', 'export', 'extract_latents'],
+                          'What to run.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0, for multi-process runs on GPU '
     'clusters (TPU pods detect it).')

@@ -44,7 +44,7 @@ def pytest_unconfigure(config):
 # They run first, so that each xdist worker ends on short files rather than one worker
 # starting a long file while the other idles.
 HEAVY_FIRST = (
-    'test_study.py', 'test_diffdis_train.py', 'test_fmnist_recipe.py',
+    'test_objective_modes.py', 'test_study.py', 'test_diffdis_train.py', 'test_fmnist_recipe.py',
     'test_diffdis_model.py', 'test_diffdis_pairs.py',
     'test_classifier_metric.py', 'test_diffdis_eval.py', 'test_train_loop.py',
     'test_resume.py', 'test_main.py', 'test_export.py', 'test_convolution.py',

@@ -74,7 +74,15 @@ BAD_INPUTS = [
      'holds no dataset_info.json'),
     ([DEMO, '--config.sample.parameterization=ddim'], 'sample.parameterization'),
     ([DEMO, '--config.sample.guidance_channels=2'], 'sample.guidance_channels'),  # 1 channel
-    ([OFFICIAL], "training here is EDM's"),  # DiT's released weights sample, never train
+    ([OFFICIAL, '--config.objective=flow'], 'does not fit objective'),  # learn_sigma: ddpm's
+    ([DEMO, '--config.objective=vp'], "objective='vp' is not one of"),
+    ([DEMO, '--config.objective=ddpm'], 'learn_sigma=False does not fit'),
+    ([DEMO, '--config.objective=flow', '--config.sample.solver=ancestral'],
+     "sample.solver='ancestral' does not belong to objective='flow'"),
+    ([DEMO, '--config.sample.parameterization=flow'], "does not belong to objective='edm'"),
+    ([DEMO, '--mode=export'], 'not exportable as a DiTTransformer2DModel'),  # MaskDiT layout
+    ([DEMO, '--mode=export', '--config.model.decoder_mode=split',
+      '--config.model.time_freq_shift=1'], 'no checkpoint under'),
     ([OFFICIAL, '--config.sample.respacing=ddim999'], 'sample.respacing'),
     ([OFFICIAL, '--config.sample.solver=heun'], 'sample.solver'),
     ([FMNIST_DIFFDIS, '--config.diffdis.context_length=77'], 'context_length=14'),

@@ -362,6 +362,16 @@ def training_losses(schedule: Schedule, model_output, x_start, t, noise) -> dict
   of epsilon; vb is KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in bits per dimension, or at
   t = 0 the decoder's NLL; the epsilon half is held fixed inside vb, so vb's gradient reaches
   the variance channels only. loss = mse + vb.
+  """
+  terms = training_loss_terms(schedule, model_output, x_start, t, noise)
+  mse, vb = _mean_flat(terms['mse']), _mean_flat(terms['vb'])
+  return {'mse': mse, 'vb': vb, 'loss': mse + vb}
+
+
+def training_loss_terms(schedule: Schedule, model_output, x_start, t, noise) -> dict:
+  """training_losses' two terms per element (NHWC, x_start's channels), before the mean over
+  each sample's elements: a loss that averages over parts of an image (SD-DiT's patches)
+  takes these.
 
   The two means differ only through x_0's estimate: q's mean minus p's is
   coef_x0 * (x_0 - x0_hat) = coef_x0 * sqrt(1 - abar) / sqrt(abar) * (eps - noise). Computed
@@ -380,9 +390,7 @@ def training_losses(schedule: Schedule, model_output, x_start, t, noise) -> dict
   # p's log-variance minus q's (the clipped posterior's) is (v + 1) / 2 * log(beta / post)
   log_ratio = (v.astype(jnp.float32) + 1.0) / 2.0 * _at(
       np.log(schedule.betas) - schedule.posterior_log_variance, t, x_start)
-  kl = _mean_flat(gaussian_kl(mean_gap, log_ratio, log_variance)) / np.log(2.0)
-  decoder_nll = -_mean_flat(
-      _discretized_log_likelihood(x_start, mean_gap, 0.5 * log_variance)) / np.log(2.0)
-  vb = jnp.where(t == 0, decoder_nll, kl)
-  mse = _mean_flat((noise - eps) ** 2)
-  return {'mse': mse, 'vb': vb, 'loss': mse + vb}
+  kl = gaussian_kl(mean_gap, log_ratio, log_variance)
+  decoder_nll = -_discretized_log_likelihood(x_start, mean_gap, 0.5 * log_variance)
+  vb = jnp.where(_expand(t, x_start) == 0, decoder_nll, kl) / np.log(2.0)
+  return {'mse': (noise - eps) ** 2, 'vb': vb}

@@ -31,7 +31,7 @@ from diffdis_jax.core import files
 from diffdis_jax.diffusion import ddpm
 from diffdis_jax.eval import fid
 from diffdis_jax.eval.sample import decode_latents
-from diffdis_jax.eval.sddit_sampler import make_sample_fn
+from diffdis_jax.eval.sddit_sampler import make_sample_fn, sampler_of
 from diffdis_jax.parallel import mesh as mesh_lib
 
 LABEL_MODES = ('balanced', 'random')
@@ -161,10 +161,11 @@ def merge_parts(output: str, num_samples: int, count: int) -> str:
 def sampler_settings(config) -> dict:
   """What makes the samples what they are (FID changes with each), for the sidecar."""
   s = config.sample
-  shared = {'parameterization': s.parameterization, 'solver': s.solver,
+  parameterization, solver = sampler_of(config)
+  shared = {'parameterization': parameterization, 'solver': solver,
             'guidance': s.guidance, 'guidance_channels': s.guidance_channels or 'all',
             'labels': s.labels, 'seed': s.seed, 'vae': s.vae or config.data.vae_path or None}
-  if s.parameterization == 'ddpm':
+  if parameterization == 'ddpm':
     return dict(shared, respacing=s.respacing,
                 steps=len(ddpm.space_timesteps(ddpm.NUM_TIMESTEPS, s.respacing)))
   return dict(shared, steps=s.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)

@@ -1,8 +1,10 @@
 """SD-DiT's class-conditional sampler and its grids.
 
-`sample.parameterization` picks the sampler: 'edm' (the models trained here: EDM's Heun or
-Euler with classifier-free guidance) or 'ddpm' (facebookresearch/DiT's released weights:
-epsilon and learned-range variance on a respaced linear schedule, ancestral or DDIM).
+The sampler is the one of the model's objective (`config.objective`; `sample.parameterization`
+may name it too, and must then agree): 'edm' (EDM's Heun or Euler with classifier-free
+guidance), 'ddpm' (DiT's, trained here or its released weights: epsilon and learned-range
+variance on a respaced linear schedule, ancestral or DDIM) or 'flow' (SiT's: Euler or Heun on
+the ODE, Euler-Maruyama on the SDE). An empty `sample.solver` takes the objective's default.
 """
 from __future__ import annotations
 
@@ -10,20 +12,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffdis_jax.diffusion import ddpm, edm, samplers
+from diffdis_jax.diffusion import ddpm, edm, flow, samplers
+from diffdis_jax.diffusion import objective as objective_lib
 from diffdis_jax.eval.sample import to_grid
 
-PARAMETERIZATIONS = ('edm', 'ddpm')
+PARAMETERIZATIONS = objective_lib.NAMES
+
+
+def sampler_of(config) -> tuple[str, str]:
+  """(parameterization, solver) that `config` samples with: an empty field takes the
+  objective's (its name, its default solver). Whether a set field fits the objective is
+  tasks/sddit/checks.py's to say, before anything runs."""
+  objective = objective_lib.from_config(config)
+  s = config.sample
+  return (s.get('parameterization') or objective.name,
+          s.get('solver') or objective.default_solver)
 
 
 def make_sample_fn(model, config):
   """sample(params, noise, labels) -> NHWC samples in data space (no mask at inference)."""
-  s = config.sample
-  if s.parameterization == 'ddpm':
-    return _make_ddpm_sample_fn(model, config)
-  if s.parameterization != 'edm':
+  parameterization, solver = sampler_of(config)
+  if parameterization == 'ddpm':
+    return _make_ddpm_sample_fn(model, config, solver)
+  if parameterization == 'flow':
+    return _make_flow_sample_fn(model, config, solver)
+  if parameterization != 'edm':
     raise ValueError(f'sample.parameterization must be one of {PARAMETERIZATIONS}, got '
-                     f'{s.parameterization!r}')
+                     f'{parameterization!r}')
+  s = config.sample
 
   def sample(params, noise, labels):
     def denoise(x, sigma, y):
@@ -33,7 +49,7 @@ def make_sample_fn(model, config):
     denoiser = samplers.classifier_free_guidance(denoise, labels, model.num_classes,
                                                  s.guidance, s.guidance_channels)
     return samplers.edm_sample(denoiser, noise, num_steps=s.steps, sigma_min=s.sigma_min,
-                               sigma_max=s.sigma_max, rho=s.rho, solver=s.solver)
+                               sigma_max=s.sigma_max, rho=s.rho, solver=solver)
   return sample
 
 
@@ -50,7 +66,7 @@ def noise_keys(noise):
   return jax.vmap(lambda b: jax.random.fold_in(jax.random.fold_in(base, b[0]), b[-1]))(bits)
 
 
-def _make_ddpm_sample_fn(model, config):
+def _make_ddpm_sample_fn(model, config, solver: str):
   """DiT's sampler (its sample.py / sample_ddp.py): the model sees the original step index
   as a float, guidance as its forward_with_cfg (sample.guidance_channels), no clipping."""
   s = config.sample
@@ -64,7 +80,22 @@ def _make_ddpm_sample_fn(model, config):
     model_fn = samplers.classifier_free_guidance(net, labels, model.num_classes, s.guidance,
                                                  s.guidance_channels or model.in_channels)
     return ddpm.sample_learned_range(model_fn, noise, schedule, noise_keys(noise),
-                                     solver=s.solver)
+                                     solver=solver)
+  return sample
+
+
+def _make_flow_sample_fn(model, config, solver: str):
+  """SiT's samplers from t = 1 to 0 in sample.steps steps, guidance on the velocity as DiT
+  guides its output (sample.guidance_channels)."""
+  s = config.sample
+
+  def sample(params, noise, labels):
+    net = lambda x, t, y: model.apply({'params': params}, x, t, y)
+    velocity = samplers.classifier_free_guidance(net, labels, model.num_classes, s.guidance,
+                                                 s.guidance_channels)
+    if solver == 'euler_maruyama':
+      return flow.sde_sample(velocity, noise, noise_keys(noise), num_steps=s.steps)
+    return flow.ode_sample(velocity, noise, num_steps=s.steps, solver=solver)
   return sample
 
 

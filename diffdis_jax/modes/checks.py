@@ -26,7 +26,7 @@ from diffdis_jax.tasks import make_task
 from diffdis_jax.train.step import NONFINITE_POLICIES
 from diffdis_jax.train.workdir import check_identity
 
-MODES = ('train', 'grid', 'sample', 'eval', 'extract_latents')
+MODES = ('train', 'grid', 'sample', 'eval', 'export', 'extract_latents')
 RUN_FIELDS = ('total_steps', 'batch_size', 'log_every', 'checkpoint_every', 'sample_every',
               'keep_checkpoints', 'preemption_check_every')
 

@@ -5,6 +5,8 @@
     sample           the latest checkpoint's samples to a file (SD-DiT: ADM's .npz for FID)
     eval             scores to <workdir>/eval.json (SD-DiT: FID of the samples file; DiffDis:
                      zero-shot classification and retrieval of the latest checkpoint)
+    export           the latest checkpoint in a peer's format (a DiT: diffusers'
+                     DiTTransformer2DModel folder)
     extract_latents  a TFDS image set through the SD-VAE into a latent set (extract_latents.py)
 
 Every mode but the last works from one Trainer, built here once: it holds the task, the
@@ -59,7 +61,12 @@ def evaluate(trainer: Trainer) -> dict:
   return trainer.task.evaluate(trainer.model, trainer.mesh, trainer.restore_latest)
 
 
-MODES = {'train': train, 'grid': grid, 'sample': sample, 'eval': evaluate}
+def export(trainer: Trainer) -> str:
+  """The latest checkpoint's EMA params in the task's peer format; returns the path."""
+  return trainer.task.export(trainer.model, trainer.restore_latest())
+
+
+MODES = {'train': train, 'grid': grid, 'sample': sample, 'eval': evaluate, 'export': export}
 
 
 def run(mode: str, config, workdir: str):

@@ -1,5 +1,7 @@
-"""SD-DiT objective: EDM denoising by the student decoder plus self-supervised discrimination
-between a masked student encoder and an EMA teacher encoder on the same PF-ODE.
+"""SD-DiT objective: denoising by the student decoder plus self-supervised discrimination
+between a masked student encoder and an EMA teacher encoder on the same path. The denoising
+objective (EDM, DiT's DDPM or SiT's flow: `config.objective`) is diffusion/objective.py's
+interface; nothing here asks which one it is.
 
 Baselines are settings of this one objective (see configs/):
   DiT            dis_weight 0, mask_ratio 0
@@ -17,7 +19,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from diffdis_jax.diffusion import edm
+from diffdis_jax.diffusion import objective as objective_lib
 from diffdis_jax.nn import layers, token_ops
 
 SHARED_ENCODER_KEYS = ('x_embedder', 't_embedder', 'y_embedder', 'projection_head')
@@ -98,13 +100,24 @@ def self_distillation_ce(student_logits, teacher_logits, center, student_temp, t
   return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def denoising_objective(config) -> objective_lib.Objective:
+  """The objective `config.objective` names ('edm' when the field is absent), with its fields."""
+  return objective_lib.from_config(config)
+
+
+def teacher_policy(config) -> objective_lib.TeacherPolicy:
+  s = config.sddit
+  return objective_lib.TeacherPolicy(policy=s.teacher_sigma, grid_steps=s.teacher_grid_steps,
+                                     scale=s.teacher_sigma_scale, fixed=s.teacher_sigma_fixed)
+
+
 def _masked_mean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def loss_fn(params, batch, rng, aux, step, *, model, config):
   """Returns (loss, (metrics, outputs)); `outputs` feed `update_aux`."""
-  s, edm_cfg = config.sddit, config.edm
+  s, objective = config.sddit, denoising_objective(config)
   x0, labels = batch['image'].astype(jnp.float32), batch['label']
   b, num_tokens = x0.shape[0], model.num_tokens
   r_drop, r_sigma, r_noise, r_mask = jax.random.split(rng, 4)
@@ -113,26 +126,23 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
   drop = jax.random.uniform(r_drop, (b,)) < s.label_dropout
   labels = jnp.where(drop, model.num_classes, labels)
 
-  # student and teacher views: one noise draw, two noise levels on the same PF-ODE
-  sigma_s = edm.sample_sigma(r_sigma, b, edm_cfg.p_mean, edm_cfg.p_std)
+  # student and teacher views: one noise draw, two noise levels on the same path
+  level_s = objective.sample_level(r_sigma, b)
   noise = layers.constrain(jax.random.normal(r_noise, x0.shape, jnp.float32), layers.IMAGE)
-  x_s = x0 + edm.per_sample(sigma_s, x0) * noise
+  x_s = objective.noisy(x0, noise, level_s)
   keep_idx = random_keep_indices(r_mask, b, num_tokens, s.mask_ratio)
   visible = keep_mask(keep_idx, b, num_tokens)
 
-  c_skip, c_out, c_in, c_noise = edm.preconditioning(sigma_s, edm_cfg.sigma_data)
+  net_in, net_time = objective.net_inputs(x_s, level_s)
   net_out, student_tokens = model.apply(
-      {'params': params}, edm.per_sample(c_in, x0) * x_s, c_noise, labels, keep_idx,
-      method='forward_with_tokens')
-  denoised = (edm.per_sample(c_skip, x0) * x_s
-              + edm.per_sample(c_out, x0) * net_out.astype(jnp.float32))
-  weight = edm.per_sample(edm.loss_weight(sigma_s, edm_cfg.sigma_data), x0)
-  per_pixel = weight * (denoised - x0) ** 2
+      {'params': params}, net_in, net_time, labels, keep_idx, method='forward_with_tokens')
+  per_pixel = objective.element_loss(net_out, x_s, x0, noise, level_s)
   per_patch = token_ops.patchify(per_pixel, model.patch).mean(-1)  # (batch, tokens)
   gen_weights = visible if s.gen_loss_tokens == 'visible' else jnp.ones_like(visible)
   gen_loss = _masked_mean(per_patch, gen_weights)
   loss = gen_loss
-  metrics = {'gen_loss': gen_loss, 'sigma_student': sigma_s.mean(),
+  # sigma_*: the EDM-equivalent noise level of the views, whatever the objective
+  metrics = {'gen_loss': gen_loss, 'sigma_student': objective.to_sigma(level_s).mean(),
              'mask_ratio_actual': 1.0 - visible.mean()}
   if s.masked_recon_weight > 0 and keep_idx is not None:
     recon = _masked_mean(per_patch, 1.0 - visible)
@@ -142,7 +152,7 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
   outputs = {}
   if uses_teacher(config):
     dis_loss, dis_metrics, outputs = _discrimination(
-        params, aux, student_tokens, x0, noise, sigma_s, labels, keep_idx, step,
+        params, aux, student_tokens, x0, noise, level_s, labels, keep_idx, step,
         model=model, config=config)
     loss = loss + s.dis_weight * dis_loss
     metrics.update(dis_loss=dis_loss, **dis_metrics)
@@ -150,19 +160,17 @@ def loss_fn(params, batch, rng, aux, step, *, model, config):
   return loss, (metrics, outputs)
 
 
-def _discrimination(params, aux, student_tokens, x0, noise, sigma_s, labels,
+def _discrimination(params, aux, student_tokens, x0, noise, level_s, labels,
                     keep_idx: Optional[jax.Array], step, *, model, config):
   """iBOT-style patch (and optional pooled) self-distillation on the visible tokens."""
-  s, edm_cfg = config.sddit, config.edm
-  sigma_t = edm.teacher_sigma(sigma_s, s.teacher_sigma, grid_steps=s.teacher_grid_steps,
-                              scale=s.teacher_sigma_scale, fixed=s.teacher_sigma_fixed)
-  x_t = x0 + edm.per_sample(sigma_t, x0) * noise
-  _, _, c_in_t, c_noise_t = edm.preconditioning(sigma_t, edm_cfg.sigma_data)
+  s, objective = config.sddit, denoising_objective(config)
+  level_t = objective.teacher_level(level_s, teacher_policy(config))
+  x_t = objective.noisy(x0, noise, level_t)
+  t_in, t_time = objective.net_inputs(x_t, level_t)
   # The teacher is a separate argument of the loss, so no gradient flows into it; it still
   # sees the full (unmasked) view and is read at the student's visible positions.
   teacher_vars = {'params': aux['teacher']}
-  t_tokens = model.apply(teacher_vars, edm.per_sample(c_in_t, x0) * x_t, c_noise_t, labels,
-                         method='encode')
+  t_tokens = model.apply(teacher_vars, t_in, t_time, labels, method='encode')
   if keep_idx is not None:
     t_tokens = layers.constrain(token_ops.gather_tokens(t_tokens, keep_idx), layers.TOKENS)
   t_tokens = jax.lax.stop_gradient(t_tokens)
@@ -186,7 +194,7 @@ def _discrimination(params, aux, student_tokens, x0, noise, sigma_s, labels,
     loss = loss + s.global_weight * glob
     metrics['dis_global_loss'] = glob
     outputs['teacher_global_mean'] = t_global.mean(axis=0)
-  metrics['sigma_teacher'] = sigma_t.mean()
+  metrics['sigma_teacher'] = objective.to_sigma(level_t).mean()
   probs = jax.nn.softmax((t_patch - aux['center_patch']) / temp_t, -1)
   metrics.update(teacher_diagnostics(probs))
   if s.patch_weight > 0:

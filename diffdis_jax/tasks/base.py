@@ -142,6 +142,10 @@ class Task(abc.ABC):
     """--mode=sample: samples of the state's EMA params to a file; returns its path."""
     raise NotImplementedError(f'method={self.name} has no --mode=sample')
 
+  def export(self, model, state) -> str:
+    """--mode=export: the state's EMA params written in a peer's format; returns the path."""
+    raise NotImplementedError(f'method={self.name} has no --mode=export')
+
   def evaluate(self, model, mesh, latest_state: Callable[[], Any]) -> dict:
     """--mode=eval: scores written to <workdir>/eval.json; returns them. `latest_state()`
     restores the newest checkpoint, for methods whose evaluation reads one."""

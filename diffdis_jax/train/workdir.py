@@ -14,6 +14,12 @@ from diffdis_jax.core.checks import ConfigError
 
 IDENTITY_FILE = 'run_identity.json'
 IDENTITY_FIELDS = ('method', 'model', 'data.name')
+# fields of a config that the identity holds where the config has them: what a checkpoint's
+# numbers mean (an SD-DiT trained on EDM samples garbage under flow's sampler)
+OPTIONAL_FIELDS = ('objective',)
+# fields added after runs began, with the value every run before them had: an identity saved
+# without one reads as that value, so those workdirs still resume
+ADDED_LATER = {'objective': 'edm', 'model.time_freq_shift': 0.0}
 
 
 class WorkdirMismatch(ConfigError):
@@ -28,6 +34,7 @@ def identity(config, objective) -> dict:
     for part in field.split('.'):
       value = value[part]
     out[field] = value.to_dict() if hasattr(value, 'to_dict') else value
+  out.update({field: config[field] for field in OPTIONAL_FIELDS if field in config})
   out['teacher'] = objective.uses_teacher(config)
   return json.loads(json.dumps(out))
 
@@ -58,8 +65,10 @@ def _flat(tree, prefix: str = '') -> dict:
 
 def differences(saved: dict, mine: dict) -> list[str]:
   """'field: A in the workdir, B here' for each leaf field (model.width, not model) that
-  differs between two nested dicts."""
+  differs between two nested dicts; a field of ADDED_LATER that `saved` lacks reads as the
+  value it stands for."""
   saved, mine = _flat(saved), _flat(mine)
+  saved.update({k: v for k, v in ADDED_LATER.items() if k in mine and k not in saved})
   missing = '(not set)'
   return [f'{k}: {saved.get(k, missing)!r} in the workdir, {mine.get(k, missing)!r} here'
           for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]

@@ -8,6 +8,7 @@ the null class). With learned sigma the last C channels are the variance interpo
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import flax
@@ -21,6 +22,43 @@ from diffdis_jax.weights.convert import (check_config, config_value, convert_sta
 
 # SDDiT fields a caller may set on an imported DiT: none of them adds or reshapes parameters.
 OVERRIDABLE = ('decoder_depth', 'attention_impl', 'remat', 'dtype')
+
+
+# diffusers' DiTTransformer2DModel names (dotted, `{i}` a block index) and ours (the dotted
+# module path, before `blocks.3` becomes `blocks_3`), as prefixes of whole keys. Import
+# (from_diffusers_dit) reads it left to right, export (weights/export.py) right to left; the
+# patch embedding's conv and the per-block copies of the embedders are the exceptions each
+# handles itself. A name ending in '.' is a module prefix, else a whole key.
+DIFFUSERS_NAMES = (
+    ('transformer_blocks.0.norm1.emb.timestep_embedder.', 't_embedder.'),
+    ('transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight',
+     'y_embedder.embedding_table'),
+    ('transformer_blocks.{i}.norm1.linear.', 'blocks.{i}.adaLN_modulation.'),
+    ('transformer_blocks.{i}.attn1.to_q.', 'blocks.{i}.attn.query.'),
+    ('transformer_blocks.{i}.attn1.to_k.', 'blocks.{i}.attn.key.'),
+    ('transformer_blocks.{i}.attn1.to_v.', 'blocks.{i}.attn.value.'),
+    ('transformer_blocks.{i}.attn1.to_out.0.', 'blocks.{i}.attn.out.'),
+    ('transformer_blocks.{i}.ff.net.0.proj.', 'blocks.{i}.mlp.fc1.'),
+    ('transformer_blocks.{i}.ff.net.2.', 'blocks.{i}.mlp.fc2.'),
+    ('proj_out_1.', 'final_layer.adaLN_modulation.'),
+    ('proj_out_2.', 'final_layer.linear.'),
+)
+# diffusers keeps a copy of the timestep and class embedders in every block's norm1
+DIFFUSERS_EMBEDDER_COPY = 'transformer_blocks.{i}.norm1.emb.'
+DIFFUSERS_PATCH_EMBED = 'pos_embed.proj'
+
+
+def _name_pattern(name: str) -> str:
+  """A DIFFUSERS_NAMES entry as an anchored regex; `{i}` matches (and captures) an index."""
+  pattern = '^' + re.escape(name).replace(re.escape('{i}'), r'(\d+)')
+  return pattern if name.endswith('.') else pattern + '$'
+
+
+def renames(direction: str) -> list[tuple[str, str]]:
+  """DIFFUSERS_NAMES as (regex, replacement) pairs: 'import' maps diffusers' names to ours,
+  'export' ours to diffusers'."""
+  pairs = DIFFUSERS_NAMES if direction == 'import' else [(o, t) for t, o in DIFFUSERS_NAMES]
+  return [(_name_pattern(src), dst.replace('{i}', r'\1')) for src, dst in pairs]
 
 
 def _check_overrides(overrides, extra=()):
@@ -76,24 +114,11 @@ def from_diffusers_dit(config: Mapping, state_dict: Mapping[str, np.ndarray], **
   in_channels = config_value(config, 'in_channels', 4)
   depth = config['num_layers']
   _check_embedder_copies(state_dict)
-  block = r'^transformer_blocks\.(\d+)\.'
-  rules = [
-      (r'^transformer_blocks\.0\.norm1\.emb\.timestep_embedder\.', 't_embedder.'),
-      (r'^transformer_blocks\.0\.norm1\.emb\.class_embedder\.embedding_table\.weight$',
-       'y_embedder.embedding_table'),
-      (block + r'norm1\.linear\.', r'blocks.\1.adaLN_modulation.'),
-      (block + r'attn1\.to_q\.', r'blocks.\1.attn.query.'),
-      (block + r'attn1\.to_k\.', r'blocks.\1.attn.key.'),
-      (block + r'attn1\.to_v\.', r'blocks.\1.attn.value.'),
-      (block + r'attn1\.to_out\.0\.', r'blocks.\1.attn.out.'),
-      (block + r'ff\.net\.0\.proj\.', r'blocks.\1.mlp.fc1.'),
-      (block + r'ff\.net\.2\.', r'blocks.\1.mlp.fc2.'),
-      (r'^proj_out_1\.', 'final_layer.adaLN_modulation.'),
-      (r'^proj_out_2\.', 'final_layer.linear.'),
-  ]
+  rules = renames('import')
   ignore = [r'transformer_blocks\.([1-9]\d*)\.norm1\.emb\..*', r'pos_embed\.pos_embed']
   return _build(
-      state_dict, rules, _patch_embed('pos_embed.proj', ('x_embedder', 'proj')), ignore, what,
+      state_dict, rules, _patch_embed(DIFFUSERS_PATCH_EMBED, ('x_embedder', 'proj')), ignore,
+      what,
       input_size=config_value(config, 'sample_size', 32), in_channels=in_channels,
       patch=config_value(config, 'patch_size', 2), width=heads * head_dim, depth=depth,
       num_heads=heads, num_classes=config_value(config, 'num_embeds_ada_norm', 1000),

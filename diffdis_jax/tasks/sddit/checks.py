@@ -14,12 +14,14 @@ from diffdis_jax.core.spaces import is_pixel_space
 from diffdis_jax.data import fashion_mnist
 from diffdis_jax.data.latent_sets import check_latent_set
 from diffdis_jax.data.pipeline import TRAIN_SOURCES
-from diffdis_jax.diffusion.ddpm import RESPACED_SOLVERS, respaced_schedule
+from diffdis_jax.diffusion import flow
+from diffdis_jax.diffusion.ddpm import respaced_schedule
 from diffdis_jax.diffusion.edm import TEACHER_SIGMA_POLICIES
-from diffdis_jax.diffusion.samplers import SOLVERS
+from diffdis_jax.diffusion.objective import NAMES as OBJECTIVES
+from diffdis_jax.diffusion.objective import from_config as objective_from_config
 from diffdis_jax.eval.image_set_metrics import image_set, images_dir
 from diffdis_jax.eval.sample_npz import LABEL_MODES, default_output
-from diffdis_jax.eval.sddit_sampler import PARAMETERIZATIONS
+from diffdis_jax.eval.sddit_sampler import PARAMETERIZATIONS, sampler_of
 from diffdis_jax.nn.dit import DECODER_MODES, INFILLS, parse_dit_name
 from diffdis_jax.objectives.sddit import GEN_LOSS_TOKENS
 from diffdis_jax.parallel import mesh as mesh_lib
@@ -44,6 +46,10 @@ def check_model(config):
         f'model.input_size {m.input_size} is not divisible by the patch size {patch}')
   one_of(m.decoder_mode, DECODER_MODES, 'model.decoder_mode')
   one_of(m.infill, INFILLS, 'model.infill')
+  shift = m.get('time_freq_shift', 0.0)
+  check(isinstance(shift, (int, float)) and not isinstance(shift, bool) and 0 <= shift < 64,
+        f'model.time_freq_shift must be a number in [0, 64), got {shift!r}; pass 0 (DiT\'s) '
+        "or 1 (diffusers')")
   if m.decoder_mode == 'split':
     check(0 <= m.decoder_depth <= depth,
           f'model.decoder_depth {m.decoder_depth} must be between 0 and the depth {depth}')
@@ -54,7 +60,15 @@ def check_model(config):
 
 
 def check_objective(config):
-  s = config.sddit
+  s, name = config.sddit, config.get('objective', 'edm')
+  one_of(name, OBJECTIVES, 'objective')
+  learn, want = config.model.learn_sigma, objective_from_config(config).learn_sigma
+  check(learn == want,
+        f"model.learn_sigma={learn} does not fit objective={name!r}: only 'ddpm' has "
+        f'variance channels (its bound term trains them); pass --config.model.learn_sigma={want}')
+  if name == 'flow':
+    one_of(config.flow.t_distribution, flow.T_DISTRIBUTIONS, 'flow.t_distribution')
+    check(config.flow.t_std > 0, f'flow.t_std must be > 0, got {config.flow.t_std}')
   check(0.0 <= s.mask_ratio < 1.0, f'sddit.mask_ratio must be in [0, 1), got {s.mask_ratio}')
   check(s.dis_weight >= 0, f'sddit.dis_weight must be >= 0, got {s.dis_weight}')
   one_of(s.teacher_sigma, TEACHER_SIGMA_POLICIES, 'sddit.teacher_sigma')
@@ -92,29 +106,35 @@ def check_discrimination(config):
 
 
 def check_sampler(config):
-  """The sampler's parameterization, solver, respacing and guided channels fit the model."""
+  """The sampler is the objective's (its parameterization and one of its solvers), and its
+  respacing and guided channels fit the model."""
   s, m = config.sample, config.model
-  one_of(s.parameterization, PARAMETERIZATIONS, 'sample.parameterization')
+  objective = objective_from_config(config)
+  if s.parameterization:
+    one_of(s.parameterization, PARAMETERIZATIONS, 'sample.parameterization')
+    check(s.parameterization == objective.name,
+          f'sample.parameterization={s.parameterization!r} does not belong to '
+          f'objective={objective.name!r}; pass --config.sample.parameterization='
+          f'{objective.name} (or leave it empty: the objective\'s)')
+  check(not s.solver or s.solver in objective.solvers,
+        f'sample.solver={s.solver!r} does not belong to objective={objective.name!r} (its '
+        f'samplers: {", ".join(objective.solvers)}); pass --config.sample.solver='
+        f'{objective.default_solver}')
   channels = s.guidance_channels
-  check(isinstance(channels, int) and 0 <= channels <= m.in_channels,
+  check(isinstance(channels, int) and not isinstance(channels, bool)
+        and 0 <= channels <= m.in_channels,
         f'sample.guidance_channels={channels!r} must be an integer from 0 (all) to '
-        f'model.in_channels={m.in_channels}')
-  if s.parameterization == 'edm':
-    one_of(s.solver, SOLVERS, 'sample.solver')
-    check(s.steps >= 1, 'sample.steps must be >= 1')
-    check(not m.learn_sigma, "model.learn_sigma=True adds variance channels that EDM does not "
-                             "use; pass --config.model.learn_sigma=False, or "
-                             "--config.sample.parameterization=ddpm for DiT's weights")
-    return
-  check(s.solver in RESPACED_SOLVERS,
-        f"sample.solver={s.solver!r} is not one of {list(RESPACED_SOLVERS)} (the samplers of "
-        "sample.parameterization='ddpm'); pass --config.sample.solver=ancestral")
-  check(m.learn_sigma, "sample.parameterization='ddpm' samples DiT's learned-variance "
-                       "weights, which need --config.model.learn_sigma=True")
-  try:
-    respaced_schedule(s.respacing)
-  except ValueError as err:
-    raise ConfigError(f'sample.respacing: {err}') from None
+        f'model.in_channels={m.in_channels} (the model\'s own channels; a learned variance is '
+        'never guided)')
+  if objective.name == 'ddpm':
+    try:
+      respaced_schedule(s.respacing)
+    except ValueError as err:
+      raise ConfigError(f'sample.respacing: {err}') from None
+  else:  # EDM's Karras grid and flow's time grid take their step count from sample.steps
+    minimum = 2 if sampler_of(config) == ('flow', 'euler_maruyama') else 1
+    check(isinstance(s.steps, int) and s.steps >= minimum,
+          f'sample.steps must be an integer >= {minimum}, got {s.steps!r}')
 
 
 def check_data(config):
@@ -197,9 +217,9 @@ def check_released_dit(config):
   sampler. (A teacher's projection head stays fresh, but sampling never runs it.)"""
   m, path = config.model, config.init.dit_weights
   _, width, _, patch = dit_sizes(m)
-  check(m.decoder_mode == 'split' and config.sample.parameterization == 'ddpm',
+  check(m.decoder_mode == 'split' and sampler_of(config)[0] == 'ddpm',
         f'no checkpoint in the workdir, and init.dit_weights={path!r} fills only part of this '
-        "model or needs sample.parameterization='ddpm': sample DiT's released weights with "
+        "model or needs objective='ddpm': sample DiT's released weights with "
         'configs/dit_xl_official.py, or train first')
   got = _weight_shapes(path).get('final_layer.linear.weight')  # a valid file: check_config
   want = (patch * patch * m.in_channels * (2 if m.learn_sigma else 1), width)
@@ -241,16 +261,17 @@ def _check_sampling(config, num_devices):
   _check_vae(config)
 
 
+def export_output(config, workdir: str) -> str:
+  """Where --mode=export writes: export.output, or <workdir>/diffusers_dit."""
+  return config.export.output or os.path.join(workdir, 'diffusers_dit')
+
+
 def check_mode(config, mode: str, workdir: str, num_devices):
   """The files and sizes --mode=sample, --mode=eval and FID during training need."""
   s, ev = config.sample, config.eval
   weights_hint = 'pytorch-fid weights as safetensors, see docs/evaluation.md'
   ref_hint = 'an ADM reference batch .npz, see docs/evaluation.md'
   fid_in_training = mode == 'train' and ev.fid_every > 0
-  if mode == 'train':
-    check(s.parameterization == 'edm',
-          f"sample.parameterization={s.parameterization!r} samples DiT's released weights; "
-          "training here is EDM's: pass --config.sample.parameterization=edm to train")
   check_latents(config, mode)
   if mode == 'sample' or fid_in_training:
     _check_sampling(config, num_devices)
@@ -265,6 +286,12 @@ def check_mode(config, mode: str, workdir: str, num_devices):
     output = default_output(config, workdir)
     check(not os.path.exists(output), f'{output} exists and would be overwritten; remove it or '
                                       'pass --config.sample.output=PATH')
+  if mode == 'export':
+    has_checkpoint(workdir)   # the EMA params of its newest step are what is exported
+    output = export_output(config, workdir)
+    check(not os.path.exists(os.path.join(output, 'config.json')),
+          f'{output} already holds an export, which would be overwritten; remove it or pass '
+          '--config.export.output=DIR')
   if fid_in_training:
     check(ev.fid_samples >= 2 and ev.fid_samples % s.batch_size == 0,
           f'eval.fid_samples {ev.fid_samples} must be a multiple of sample.batch_size '

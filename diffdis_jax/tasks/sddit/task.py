@@ -10,8 +10,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from diffdis_jax import weights
+from diffdis_jax.core.checks import ConfigError
 from diffdis_jax.core.files import file_sha256
 from diffdis_jax.core.spaces import is_pixel_space
 from diffdis_jax.data import pipeline
@@ -47,21 +49,34 @@ def build_sddit(config) -> SDDiT:
       depth=depth, num_heads=heads, num_classes=m.num_classes, learn_sigma=m.learn_sigma,
       decoder_mode=m.decoder_mode, decoder_depth=m.decoder_depth,
       decoder_width=m.decoder_width, decoder_heads=m.decoder_heads, infill=m.infill,
-      head=head, attention_impl=m.attention_impl, remat=m.remat,
+      head=head, time_freq_shift=float(m.get('time_freq_shift', 0.0)),
+      attention_impl=m.attention_impl, remat=m.remat,
       dtype=base.compute_dtype(config))
+
+
+def _host_array(array) -> np.ndarray:
+  """A (possibly multi-host sharded) array whole on this host."""
+  if getattr(array, 'is_fully_addressable', True):
+    return np.asarray(jax.device_get(array))
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 class SDDiTTask(base.Task):
 
   name = 'sddit'
   objective = objective
-  modes = base.TRAIN_AND_GRID + ('sample', 'eval')
+  modes = base.TRAIN_AND_GRID + ('sample', 'eval', 'export')
 
   def check_config(self):
     checks.check_config(self.config)
 
   def check_mode(self, mode, workdir, num_devices):
     super().check_mode(mode, workdir, num_devices)
+    if mode == 'export':   # the model itself says whether diffusers' DiT can hold it
+      problem = weights.export.dit_export_problem(build_sddit(self.config))
+      if problem:
+        raise ConfigError(f'--mode=export: model {self.config.model.name} is not exportable as '
+                          f'a DiTTransformer2DModel: {problem}')
     checks.check_mode(self.config, mode, workdir, num_devices)
 
   def final_phase_config(self):
@@ -212,6 +227,17 @@ class SDDiTTask(base.Task):
                         'init_dit_weights': config.init.dit_weights or None,
                         'workdir': os.path.abspath(self.workdir), 'model': config.model.name,
                         'method': config.method})
+
+  def export(self, model, state) -> str:
+    """The EMA params (the sampling weights, as DiT released its 'ema') as a diffusers
+    DiTTransformer2DModel folder (weights/export.py)."""
+    output = checks.export_output(self.config, self.workdir)
+    params = jax.tree.map(_host_array, state.ema_params)
+    if jax.process_index() == 0:
+      weights.save_diffusers_dit(output, model, params)
+      logging.info('exported step %d as a DiTTransformer2DModel to %s (objective=%s)',
+                   int(state.step), output, self.config.objective)
+    return output
 
   def evaluate(self, model, mesh, latest_state) -> dict:
     """Scores of the samples file, with the settings it was made with, to eval.json: FID,
