@@ -113,11 +113,18 @@ def save_diffusers_vae(folder, vae: AutoencoderKL, params, sample_size: int = 32
   The config is written first: a first export cut short leaves no weights file, which
   `load_vae` refuses, rather than weights it would pair with its default SD config.
   """
-  folder = os.fspath(folder)
   config, state_dict = to_diffusers_vae(vae, params, sample_size)
+  return _write_diffusers_folder(folder, config, state_dict, VAE_WEIGHTS,
+                                 'the exported VAE weights')
+
+
+def _write_diffusers_folder(folder, config: dict, state_dict: dict, weights_name: str,
+                            what: str) -> str:
+  """config.json, then the safetensors weights, each atomically, into `folder`."""
+  folder = os.fspath(folder)
   os.makedirs(folder, exist_ok=True)
   files.write_json(os.path.join(folder, 'config.json'), config)
-  with files.atomic_path(os.path.join(folder, VAE_WEIGHTS), what='the exported VAE weights',
+  with files.atomic_path(os.path.join(folder, weights_name), what=what,
                          needed=sum(a.nbytes for a in state_dict.values())) as tmp:
     safetensors.numpy.save_file(state_dict, tmp, metadata={'format': 'pt'})
   return folder
@@ -196,11 +203,6 @@ def save_diffusers_dit(folder, model: SDDiT, params) -> str:
   """Writes config.json and diffusion_pytorch_model.safetensors of a DiTTransformer2DModel
   into `folder` (created if needed), each atomically, the config first (as
   save_diffusers_vae); returns the folder. `from_diffusers_dit` reads it back exactly."""
-  folder = os.fspath(folder)
   config, state_dict = to_diffusers_dit(model, params)
-  os.makedirs(folder, exist_ok=True)
-  files.write_json(os.path.join(folder, 'config.json'), config)
-  with files.atomic_path(os.path.join(folder, DIT_WEIGHTS), what='the exported DiT weights',
-                         needed=sum(a.nbytes for a in state_dict.values())) as tmp:
-    safetensors.numpy.save_file(state_dict, tmp, metadata={'format': 'pt'})
-  return folder
+  return _write_diffusers_folder(folder, config, state_dict, DIT_WEIGHTS,
+                                 'the exported DiT weights')
