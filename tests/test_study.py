@@ -353,3 +353,14 @@ def test_paired_differences_pair_each_seed_with_the_reference_seed():
   assert (fd['mean'], fd['std'], fd['seeds'], fd['better']) == (-2.0, 1.0, 3, 3)
   assert acc['mean'] == pytest.approx(-0.2 / 3) and acc['better'] == 0
   assert report.paired_differences(variants, '', (('fd', 'lower'),)) == {}
+
+
+def test_paired_cells_take_the_decimals_of_their_metric():
+  """An fd difference below 1.5 keeps fd's one decimal; an accuracy difference keeps three."""
+  results = {'metrics': {'fd': 'lower', 'acc': 'higher'},
+             'variants': {'ref': {'summary': {'10': {'fd': {'mean': 60.0},
+                                                     'acc': {'mean': 0.5}}}}}}
+  diff = lambda mean: {'mean': mean, 'std': None, 'seeds': 1, 'better': 1}
+  paired = {'other': {'10': {'fd': diff(-1.237), 'acc': diff(0.0412)}}}
+  row = report._paired_table(results, ['10'], paired, 'ref')[-1]  # pylint: disable=protected-access
+  assert '| -1.2 (n=1) [1/1] | +0.041 (n=1) [1/1] |' in row

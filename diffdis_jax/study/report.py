@@ -170,10 +170,15 @@ def paired_differences(variants: dict, reference: str, metrics: tuple) -> dict:
   return out
 
 
+def _digits(level) -> int:
+  """Decimals for a metric at this level: three for fractions (accuracies), one for fd."""
+  return 3 if level is not None and abs(level) < 1.5 else 1
+
+
 def _cell(stats: dict) -> str:
   if stats['mean'] is None:
     return 'not finite' if stats['not_finite'] else 'n/a'
-  digits = 3 if abs(stats['mean']) < 1.5 else 1
+  digits = _digits(stats['mean'])
   text = f'{stats["mean"]:.{digits}f}'
   text += f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ' (n=1)'
   if stats['not_finite']:
@@ -240,10 +245,12 @@ def _budget_lines(results: dict) -> list[str]:
   return [' '.join(lines)]
 
 
-def _signed(stats: dict) -> str:
+def _signed(stats: dict, level) -> str:
+  """A paired difference, at the decimals of the metric's own `level` (the reference's
+  value): an fd difference of 1.2 is not written as 1.237."""
   if stats['mean'] is None:
     return 'n/a'
-  digits = 3 if abs(stats['mean']) < 1.5 else 1
+  digits = _digits(level)
   text = f'{stats["mean"]:+.{digits}f}'
   return text + (f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ' (n=1)')
 
@@ -261,12 +268,14 @@ def _paired_table(results: dict, steps, paired: dict | None, reference: str | No
            'Mean ± std over seeds of (variant − reference), each seed against the same seed; '
            'in brackets, the seeds on which the variant is better.', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  levels = results['variants'][reference]['summary']
   for name, by_step in paired.items():
     cells = []
     for step, m in cols:
       stats = by_step.get(step, {}).get(m)
+      level = levels.get(step, {}).get(m, {}).get('mean')
       cells.append('n/a' if stats is None else
-                   f'{_signed(stats)} [{stats["better"]}/{stats["seeds"]}]')
+                   f'{_signed(stats, level)} [{stats["better"]}/{stats["seeds"]}]')
     lines.append('| ' + ' | '.join([f'`{name}` − `{reference}`'] + cells) + ' |')
   return lines
 
