@@ -6,6 +6,7 @@ scale finetune): PYTHONPATH=. python docs/study/diffdis_fmnist_finetune_cpu/scor
 """
 import json
 import sys
+import tempfile
 
 from absl import logging
 from configs import study as study_configs
@@ -16,8 +17,9 @@ logging.set_verbosity('error')
 seed = int(sys.argv[1])
 config = study_configs.STUDIES['diffdis_fmnist'].build_config('finetune', 'gen_only', seed, 500,
                                                              {}, 500)
-trainer = build_trainer(config, f'/tmp/start_gen/seed{seed}')
-state = trainer.init_state()
-scores, seconds = study_run.evaluate(trainer, state, 0)
+with tempfile.TemporaryDirectory() as workdir:  # nothing is trained or saved: a scratch workdir
+  trainer = build_trainer(config, workdir)
+  state = trainer.init_state()
+  scores, seconds = study_run.evaluate(trainer, state, 0)
 print(json.dumps({'seed': seed, 'step': int(state.step), 'scores': scores,
                   'seconds': round(seconds)}))
