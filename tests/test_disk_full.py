@@ -110,6 +110,34 @@ def test_vae_export_on_a_full_disk(disk):
   assert _listing(folder) == ['config.json']
 
 
+def test_a_save_in_flight_is_the_fault_named_when_another_write_meets_the_full_disk(disk):
+  # the save's threads take the space; the sample grid written meanwhile misses it, and would
+  # fit once the unfinished save is removed: naming the grid would send the user the wrong way
+  state = {'w': jnp.arange(64 * 1024, dtype=jnp.float32)}  # 256 KiB
+  data = iter(grain.MapDataset.range(8).to_iter_dataset())
+  checkpointer = ckpt_lib.Checkpointer(disk)
+  fill(disk, leave=16 * 1024)
+  png = os.path.join(disk, 'grid.png')
+  noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+  with pytest.raises(files.DiskFull) as info:
+    with checkpointer.closing_on_error():
+      checkpointer.save(2, state, data)  # returns while orbax's threads write
+      save_png(png, noise)
+  assert info.value.what == 'checkpoint step 2', info.value.what
+  assert info.value.path == os.path.join(disk, 'checkpoints', '2')
+  grid_error = info.value.__cause__
+  assert isinstance(grid_error, files.DiskFull) and grid_error.what == 'a sample grid'
+  assert not os.path.exists(png) and ckpt_lib.complete_steps(disk) == []
+  # any other error of the block is the one raised, the save still completes
+  os.remove(os.path.join(disk, 'filler'))
+  checkpointer = ckpt_lib.Checkpointer(disk)
+  with pytest.raises(KeyError):
+    with checkpointer.closing_on_error():
+      checkpointer.save(3, state, data)
+      raise KeyError('a bug')
+  assert ckpt_lib.complete_steps(disk) == [3]
+
+
 def test_checkpoint_on_a_full_disk_keeps_the_last_complete_one(disk):
   state = {'w': jnp.arange(64 * 1024, dtype=jnp.float32)}  # 256 KiB
   data = iter(grain.MapDataset.range(8).to_iter_dataset())

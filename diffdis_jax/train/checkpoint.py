@@ -276,15 +276,31 @@ class Checkpointer:
     finally:
       self.manager.close()
 
-  def close_after_error(self):
+  def close_after_error(self) -> Exception | None:
     """For a run ending on an error: a save still in flight completes (another fault must not
     cost the checkpoint being written) and orbax's threads end. A failure of that save is
-    logged, not raised: the error the run is ending on is the one to report."""
+    logged and returned, not raised: the caller decides which error to report."""
     try:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('the checkpoint save in flight did not complete either: %s',
                       str(e).splitlines()[0] if str(e) else type(e).__name__)
+      return e
+    return None
+
+  @contextlib.contextmanager
+  def closing_on_error(self):
+    """Closes the checkpointer when the block raises (`close_after_error`) and re-raises. On
+    a full disk a save in flight may have taken the space another write of the block then
+    missed (a sample grid that would fit once the unfinished save is removed): the save
+    that failed too is the fault reported, with the space it needs."""
+    try:
+      yield
+    except BaseException as error:
+      save_error = self.close_after_error()
+      if isinstance(save_error, files.DiskFull) and files.is_disk_full(error):
+        raise save_error from error
+      raise
 
 
 def complete_steps(workdir: str) -> list[int]:

@@ -136,11 +136,8 @@ class Trainer:
       raise workdir_lib.WorkdirMismatch(
           f'{workdir} holds a checkpoint at step {saved}, past total_steps='
           f'{config.total_steps}; raise --config.total_steps or give a fresh --workdir')
-    try:
+    with checkpointer.closing_on_error():
       return self._train(checkpointer, last)
-    except BaseException:
-      checkpointer.close_after_error()
-      raise
 
   def _train(self, checkpointer, last: int):
     config, workdir = self.config, self.workdir
