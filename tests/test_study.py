@@ -169,11 +169,41 @@ def test_equal_compute_trains_cheaper_variants_longer(out):
 
 def test_equal_compute_steps_arithmetic():
   # plan.py imports the tasks, so only here
-  from diffdis_jax.study.plan import equal_compute_steps  # pylint: disable=g-import-not-at-top
-  assert equal_compute_steps(1000, 3.0, 1.5) == 2000     # half the cost: twice the steps
-  assert equal_compute_steps(1000, 1.9, 1.0) == 1900
-  assert equal_compute_steps(1000, 1.0, 3.0) == 333      # to the nearest step
-  assert equal_compute_steps(1, 1.0, 10.0) == 1          # never below one step
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study.plan import TrainingCost, _equal_compute_steps
+  flat = TrainingCost(1.5)
+  assert flat.steps_for(1000 * 3.0, 1) == 2000     # half the cost: twice the steps
+  assert TrainingCost(1.0).steps_for(1900.0, 1) == 1900
+  assert TrainingCost(3.0).steps_for(1000.0, 1) == 333   # to the nearest step
+  assert TrainingCost(10.0).steps_for(1.0, 1) == 1       # never below one step
+  # a final phase from step 90 at twice the cost: 90 x 1 + 10 x 2 per image
+  phased = TrainingCost(1.0, final_start=90, final_per_image=2.0)
+  assert phased.flops(100, 4) == 4 * 110.0 and phased.flops(50, 4) == 4 * 50.0
+  assert phased.mean_per_image(100) == pytest.approx(1.1)
+  assert phased.steps_for(4 * 110.0, 4) == 100 and phased.steps_for(4 * 50.0, 4) == 50
+  # equal compute against a reference at 1.1 per image: the run's length decides where its
+  # last 10% starts, and each mark is the step that has spent the reference's FLOPs there
+  cost_at = lambda total: TrainingCost(1.0, total - round(0.1 * total), 2.0)
+  spend = lambda k: k * 1.1
+  steps = _equal_compute_steps((50, 100), spend, cost_at, 1)
+  total = steps[-1]
+  assert abs(cost_at(total).flops(total, 1) - spend(100)) <= 2.0, steps
+  assert steps[0] == 55  # before the final phase: 1.1 x 50 at cost 1
+
+
+def test_a_final_phase_is_priced_at_its_own_config():
+  """MaskDiT's unmasked fine-tune sees all tokens: its steps cost more than its masked ones,
+  and more than DiT's (the same stack without the separate decoder)."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study.plan import training_cost
+  study = STUDIES['sddit_fmnist']
+  build = lambda name: study.build_config('cpu_ratio', name, 0, 3000, {}, 500)
+  finetune, masked, dit = (training_cost(build(n)) for n in ('maskdit_finetune', 'maskdit',
+                                                               'dit'))
+  assert masked.final_start is None and dit.final_start is None
+  assert finetune.final_start == 2700 and finetune.per_image == masked.per_image
+  assert finetune.final_per_image > dit.per_image > masked.per_image
+  assert masked.per_image < finetune.mean_per_image(3000) < finetune.final_per_image
 
 
 def test_diffdis_study_end_to_end(out):

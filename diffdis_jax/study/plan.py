@@ -19,6 +19,7 @@ from diffdis_jax.modes.checks import check_run
 from diffdis_jax.core.overrides import OverrideError
 from diffdis_jax.study.spec import Study, Variant, eval_steps
 from diffdis_jax.tasks import make_task
+from diffdis_jax.train.step import final_phase_start
 
 SETTINGS_FILE = 'study.json'   # DIR/<study>/study.json: the settings every run there shares
 RECORD_FILE = 'study_run.json'  # DIR/<study>/<variant>/seed<k>/study_run.json
@@ -62,30 +63,72 @@ class PlannedRun:
   # stands for: the same steps, or under budget 'flops' the same training FLOPs
   eval_at: tuple = ()
   marks: tuple = ()
-  flops_per_image: Optional[float] = None   # analytic, forward + backward (None: unknown)
+  cost: Optional[TrainingCost] = None   # analytic model FLOPs (None: unknown)
 
   @property
   def name(self) -> str:
     return f'{self.variant.name}/seed{self.seed}'
 
+  @property
+  def flops_per_image(self) -> Optional[float]:
+    """Training FLOPs per image, averaged over the whole run (its final phase included)."""
+    return None if self.cost is None else self.cost.mean_per_image(self.config.total_steps)
+
   def training_flops(self, step: int) -> Optional[float]:
     """Model FLOPs of `step` training steps of this run (None without an analytic count)."""
-    if self.flops_per_image is None:
-      return None
-    return float(step) * self.config.batch_size * self.flops_per_image
+    return None if self.cost is None else self.cost.flops(step, self.config.batch_size)
 
 
-def flops_per_image(config) -> Optional[float]:
-  """The method's analytic training FLOPs per image for `config` (None where it has none)."""
+@dataclasses.dataclass(frozen=True)
+class TrainingCost:
+  """A run's analytic model FLOPs per image, forward and backward: `per_image` up to step
+  `final_start`, `final_per_image` after it. A final phase trains another config (MaskDiT's
+  unmasked fine-tune sees twice the tokens of its masked steps), so it costs its own."""
+  per_image: float
+  final_start: Optional[int] = None
+  final_per_image: Optional[float] = None
+
+  def flops(self, steps: int, batch: int) -> float:
+    main = steps if self.final_start is None else min(steps, self.final_start)
+    final = (steps - main) * self.final_per_image if steps > main else 0.0
+    return float(batch) * (main * self.per_image + final)
+
+  def mean_per_image(self, steps: int) -> float:
+    return self.flops(steps, 1) / steps if steps else self.per_image
+
+  def steps_for(self, flops: float, batch: int) -> int:
+    """The step count whose training spends `flops`, to the nearest step (at least 1)."""
+    main = flops / (batch * self.per_image)
+    if self.final_start is not None and main > self.final_start:
+      rest = flops - self.final_start * batch * self.per_image
+      main = self.final_start + rest / (batch * self.final_per_image)
+    return max(1, round(main))
+
+
+def training_cost(config) -> Optional[TrainingCost]:
+  """The method's analytic training cost for `config` (None where it has no FLOP count)."""
   task = make_task(config)
-  return task.train_flops_per_image(task.build_model())
+  model = task.build_model()
+  per_image = task.train_flops_per_image(model)
+  start = final_phase_start(config)
+  if per_image is None or start is None:
+    return None if per_image is None else TrainingCost(per_image)
+  final = make_task(task.final_phase_config()).train_flops_per_image(model)
+  return TrainingCost(per_image, start, final)
 
 
-def equal_compute_steps(reference_steps: int, reference_flops_per_step: float,
-                        own_flops_per_step: float) -> int:
-  """Steps that spend what `reference_steps` steps of the reference spend, to the nearest
-  step (at least 1): a variant half as costly per step trains twice as long."""
-  return max(1, round(reference_steps * reference_flops_per_step / own_flops_per_step))
+def _equal_compute_steps(marks, spend, cost_at, batch: int) -> tuple:
+  """The steps at which a variant has spent what the reference had at each mark (`spend(k)`
+  FLOPs at step k). The last mark fixes the run's length and with it where a final phase
+  starts (`cost_at(total_steps)`), so that length is found first, by fixed-point iteration."""
+  total = cost_at(marks[-1]).steps_for(spend(marks[-1]), batch)
+  for _ in range(8):  # the phase's start moves about a tenth of a step per step: settles fast
+    again = cost_at(total).steps_for(spend(marks[-1]), batch)
+    if again == total:
+      break
+    total = again
+  cost = cost_at(total)
+  return tuple(cost.steps_for(spend(k), batch) for k in marks[:-1]) + (total,)
 
 
 def parse_set(items) -> dict:
@@ -187,33 +230,32 @@ def _build(study: Study, settings: Settings, name: str, seed: int, steps: int):
 def plan(study: Study, settings: Settings, variants, seeds: int,
          out: str) -> list[PlannedRun]:
   """One PlannedRun per variant and seed; a bad --set field or value fails here."""
-  reference_per_step = None
+  spend = None
   if settings.budget == 'flops':
     reference = _build(study, settings, study.reference, 0, settings.steps)
-    reference_fpi = flops_per_image(reference)
-    if reference_fpi is None:
+    reference_cost = training_cost(reference)
+    if reference_cost is None:
       raise StudyError(f'--budget=flops: method {reference.method} has no analytic FLOP '
                        'count to match; use --budget=steps')
-    reference_per_step = reference_fpi * reference.batch_size
+    spend = lambda k: reference_cost.flops(k, reference.batch_size)
   runs = []
   for v in variants:
-    base = _build(study, settings, v.name, 0, settings.steps)
-    fpi = flops_per_image(base)
+    cost_at = lambda steps, name=v.name: training_cost(_build(study, settings, name, 0, steps))
     marks = tuple(settings.eval_at)
     own = marks
-    if reference_per_step is not None:
-      if fpi is None:
+    if spend is not None:
+      if cost_at(settings.steps) is None:
         raise StudyError(f'--budget=flops: variant {v.name} has no analytic FLOP count')
-      own = tuple(equal_compute_steps(k, reference_per_step, fpi * base.batch_size)
-                  for k in marks)
+      batch = _build(study, settings, v.name, 0, settings.steps).batch_size
+      own = _equal_compute_steps(marks, spend, cost_at, batch)
       if len(set(own)) < len(own):
         raise StudyError(f'--budget=flops: variant {v.name} would be scored twice at one step '
                          f'({list(own)} for the marks {list(marks)}); raise --steps')
+    cost = cost_at(own[-1])
     for seed in range(seeds):
       config = _build(study, settings, v.name, seed, own[-1])
       workdir = os.path.join(os.path.abspath(out), settings.study, v.name, f'seed{seed}')
-      runs.append(PlannedRun(v, seed, workdir, config, eval_at=own, marks=marks,
-                             flops_per_image=fpi))
+      runs.append(PlannedRun(v, seed, workdir, config, eval_at=own, marks=marks, cost=cost))
   return runs
 
 

@@ -18,7 +18,7 @@ import os
 
 from diffdis_jax.core import files
 from diffdis_jax.study import curves
-from diffdis_jax.study.plan import flops_per_image, read_record, write_json
+from diffdis_jax.study.plan import read_record, training_cost, write_json
 from diffdis_jax.study.spec import Study
 from diffdis_jax.train.metrics_log import read_metrics
 
@@ -140,8 +140,9 @@ def compute(record: dict, marks, variant_config) -> dict:
             'eval_steps': {m: record['eval_steps'].get(m) for m in marks},
             'eval_flops': {m: record['eval_flops'].get(m) for m in marks}}
   config = variant_config()
-  fpi, batch = flops_per_image(config), config.batch_size
-  total = lambda steps: None if fpi is None else float(steps) * batch * fpi
+  cost, batch = training_cost(config), config.batch_size
+  total = lambda steps: None if cost is None else cost.flops(steps, batch)
+  fpi = None if cost is None else cost.mean_per_image(config.total_steps)
   return {'steps': config.total_steps, 'batch_size': batch, 'train_flops_per_image': fpi,
           'training_flops': total(config.total_steps),
           'eval_steps': {m: int(m) for m in marks}, 'eval_flops': {m: total(m) for m in marks}}
