@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,27 +51,6 @@ class _QuietLibraries:
         return False
     return record.levelno >= 30 or not any(
         part in record.pathname for part in ('/orbax/', '/grain/', '/etils/'))
-
-
-def _quiet_abandoned_writes():
-  """Drops tensorstore's report of each write whose asyncio loop orbax had already closed.
-
-  When one write of an async save fails (a full disk), orbax ends the save's event loop while
-  the save's other writes are still running in tensorstore; as each ends, tensorstore calls
-  back into the closed loop and prints `RuntimeError: Event loop is closed` through
-  sys.excepthook: hundreds of tracebacks that echo the one failure, which reaches the main
-  thread and is reported there.
-  """
-  previous = sys.excepthook
-
-  def hook(kind, value, tb):
-    if (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
-        and any(frame.f_code.co_name == 'call_soon_threadsafe'
-                for frame, _ in traceback.walk_tb(tb))):
-      return
-    previous(kind, value, tb)
-
-  sys.excepthook = hook
 
 
 def fail(message: str):
@@ -155,6 +133,7 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   import jax
+  from diffdis_jax.core import files
   from diffdis_jax.core.checks import ConfigError
   from diffdis_jax.modes.checks import check_run
   from diffdis_jax.parallel import distributed
@@ -172,7 +151,7 @@ def main(argv):
     check_run(config, _MODE.value, _WORKDIR.value, jax.device_count())
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    _quiet_abandoned_writes()
+    files.quiet_abandoned_writes()
     logging.info('%s', distributed.describe())
     logging.info('config:\n%s', config)
     from diffdis_jax.modes.run import run  # TensorFlow (clu's writers): after the checks

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import traceback
 from typing import Callable
 
 import numpy as np
@@ -40,6 +42,37 @@ def is_disk_full(error: BaseException | None) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+def _is_abandoned_write(error: BaseException | None, tb=None) -> bool:
+  """Whether `error` is tensorstore's callback into an asyncio loop that orbax has closed."""
+  tb = tb or getattr(error, '__traceback__', None)
+  return (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+          and any(frame.f_code.co_name == 'call_soon_threadsafe'
+                  for frame, _ in traceback.walk_tb(tb)))
+
+
+def quiet_abandoned_writes():
+  """Drops the reports of writes that end after orbax closed their save's asyncio loop.
+
+  When one write of an async save fails (a full disk), orbax ends the save's event loop while
+  its other writes still run in tensorstore. As each ends, tensorstore calls back into the
+  closed loop, and the `RuntimeError: Event loop is closed` is printed with its traceback,
+  through `sys.unraisablehook` (tensorstore's done-callbacks) or `sys.excepthook`: hundreds of
+  echoes of the one failure, which reaches the main thread and is reported there. Every other
+  report goes to the hooks installed before.
+  """
+  previous_excepthook, previous_unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, value, tb):
+    if not _is_abandoned_write(value, tb):
+      previous_excepthook(kind, value, tb)
+
+  def unraisablehook(report):
+    if not _is_abandoned_write(report.exc_value, report.exc_traceback):
+      previous_unraisablehook(report)
+
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def human_bytes(n: int | float) -> str:
