@@ -394,3 +394,37 @@ def test_paired_cells_take_the_decimals_of_their_metric():
   paired = {'other': {'10': {'fd': diff(-1.237), 'acc': diff(0.0412)}}}
   row = report._paired_table(results, ['10'], paired, 'ref')[-1]  # pylint: disable=protected-access
   assert '| -1.2 (n=1) [1/1] | +0.041 (n=1) [1/1] |' in row
+
+
+def test_a_run_whose_inputs_changed_is_refused_and_the_report_names_mixed_inputs(tmp_path):
+  """A rebuilt input (same path, new contents) is caught before anything trains: its
+  fingerprint in study_run.json no longer matches. Runs that read different contents are
+  named in the report."""
+  # pylint: disable=g-import-not-at-top
+  from diffdis_jax.study import inputs, plan, run as run_lib
+  latents = tmp_path / 'latents'
+  latents.mkdir()
+  (latents / 'shard-0').write_bytes(b'one build')
+  settings, variants = plan.check_flags(
+      STUDIES['sddit'], 'cpu', 'dit', 1, 4, '4', 20,
+      [a[len('--set='):] for a in SDDIT_TINY] + [f'data.dir={latents}'], True)
+  (run,) = plan.plan(STUDIES['sddit'], settings, variants, 1, str(tmp_path / 'out'))
+  first = inputs.fingerprint_inputs(run.config)
+  assert list(first) == ['data.dir']
+  os.makedirs(run.workdir)
+  record = {'variant': 'dit', 'seed': 0, 'inputs': first, 'evals': {}, 'complete': False}
+  plan.write_json(os.path.join(run.workdir, plan.RECORD_FILE), record)
+
+  (latents / 'shard-0').write_bytes(b'another build')  # the same path, rebuilt
+  assert inputs.fingerprint_inputs(run.config) != first
+  with pytest.raises(plan.StudyError, match=r'contents of data\.dir changed since the run'):
+    run_lib.run_one(run, settings, str(tmp_path / 'caches'), print)
+  assert plan.read_record(run.workdir) == record  # untouched
+  assert not os.path.exists(os.path.join(run.workdir, 'checkpoints'))
+
+  rebuilt = dict(record, inputs=inputs.fingerprint_inputs(run.config))
+  assert inputs.mixed_inputs([record, rebuilt, {'evals': {}}]) == {
+      'data.dir': sorted([first['data.dir'], rebuilt['inputs']['data.dir']])}
+  assert inputs.mixed_inputs([record, record]) == {}
+  lines = report._mixed_input_lines(inputs.mixed_inputs([record, rebuilt]))
+  assert 'did not all read the same data.dir' in lines[0]

@@ -18,6 +18,7 @@ import os
 
 from diffdis_jax.core import files
 from diffdis_jax.study import curves
+from diffdis_jax.study.inputs import mixed_inputs
 from diffdis_jax.study.plan import read_record, training_cost, write_json
 from diffdis_jax.study.spec import Study
 from diffdis_jax.train.metrics_log import read_metrics
@@ -78,8 +79,12 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
     teacher = teacher_series(os.path.join(study_dir, v.name), variants[v.name]['seeds'])
     if teacher:
       variants[v.name]['teacher'] = teacher
+  records = [r for v in study.variants
+             for r in _finished_records(os.path.join(study_dir, v.name))]
   return {
       'study': study.name,
+      # inputs (latents, VAE, classifier, generator) whose contents differ between runs
+      'mixed_inputs': mixed_inputs(records),
       'reference': study.reference or None,
       'cost_anchor': study.cost_anchor or None,
       'paired': paired_differences(variants, study.reference, study.metrics),
@@ -208,6 +213,7 @@ def table_markdown(results: dict) -> str:
            f'(forward and backward). n/a: not measured. {results["metrics_note"]}', '',
            *_budget_lines(results), '',
            f'Command: `{results["command"]}`', '',
+           *_mixed_input_lines(results.get('mixed_inputs')),
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name, v in results['variants'].items():
     walls = list(v['wall_seconds'].values())
@@ -227,6 +233,15 @@ def table_markdown(results: dict) -> str:
   lines += _paired_table(results, steps, results.get('paired_anchor'),
                          results.get('cost_anchor'))
   return '\n'.join(lines) + '\n'
+
+
+def _mixed_input_lines(mixed: dict | None) -> list[str]:
+  if not mixed:
+    return []
+  return [f'**Warning: the runs did not all read the same {field}** (fingerprints '
+          f'{", ".join(values)}; `inputs` in each run\'s study_run.json): differences '
+          'between them mix the method with the data.' for field, values in mixed.items()
+          ] + ['']
 
 
 def _flops(flops) -> str:

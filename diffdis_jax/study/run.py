@@ -28,6 +28,7 @@ import numpy as np
 
 from diffdis_jax.core import files
 from diffdis_jax.modes.run import build_trainer
+from diffdis_jax.study.inputs import changed_inputs, fingerprint_inputs
 from diffdis_jax.study.plan import (RECORD_FILE, PlannedRun, Settings, StudyError, read_record,
                                     write_json)
 
@@ -86,9 +87,9 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
-def _new_record(run: PlannedRun) -> dict:
+def _new_record(run: PlannedRun, inputs: dict) -> dict:
   return {'variant': run.variant.name, 'seed': run.seed,
-          'overrides': json.loads(json.dumps(run.variant.overrides)),
+          'overrides': json.loads(json.dumps(run.variant.overrides)), 'inputs': inputs,
           'evals': {}, 'wall_seconds': 0.0, 'compile_seconds': [], 'load_average': [],
           'complete': False, 'started': _now()}
 
@@ -114,7 +115,14 @@ def _train_and_score(run: PlannedRun, settings: Settings, caches: str, say) -> s
   if record is not None and record['complete']:
     say(f'{run.name}: finished before, skipped')
     return 'skipped'
-  record = record or _new_record(run)
+  inputs = fingerprint_inputs(run.config)
+  changed = changed_inputs(record and record.get('inputs'), inputs)
+  if changed:
+    raise StudyError(f'{run.name}: the contents of {", ".join(changed)} changed since the run '
+                     'began (study_run.json keeps their fingerprints), so its scores would not '
+                     'pair with the rest; restore those files, or delete '
+                     f'{run.workdir} to run it again on the new ones')
+  record = record or _new_record(run, inputs)
   t0 = time.perf_counter()
   record_path = os.path.join(run.workdir, RECORD_FILE)
   share_caches(caches, run.workdir)
