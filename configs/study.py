@@ -87,13 +87,19 @@ SDDIT_FINETUNE = Variant(
     'teacher_sigma_fixed_finetune', 'SD-DiT, teacher sigma fixed at 0.05, then the last 10% '
     'of the steps unmasked at half the learning rate',
     {'sddit.teacher_sigma': 'fixed', 'final_phase.fraction': 0.1, 'final_phase.lr': 5e-4})
+# the control for both final phases: DiT has no mask, so its last 10% at half the rate
+# shows what the lower learning rate alone does to the fd
+DIT_FINETUNE = Variant(
+    'dit_finetune', 'DiT baseline, then the last 10% of the steps at half the learning rate '
+    '(no mask to remove: the control for the final phases above)',
+    {**common.DIT_BASELINE, 'final_phase.fraction': 0.1, 'final_phase.lr': 5e-4})
 
 # the Fashion-MNIST latent study: the baselines at equal size and as today, and SD-DiT with
 # its defaults and the two settings that did best on the digits
 FMNIST_VARIANTS = (DIT_EQUAL_SIZE,) + tuple(
     v for v in SDDIT_VARIANTS
     if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1')) + (
-        MASKDIT_FINETUNE, SDDIT_FINETUNE)
+        MASKDIT_FINETUNE, SDDIT_FINETUNE, DIT_FINETUNE)
 
 # configs/diffdis_common.py names these baselines; paper §4 compares against them
 DIFFDIS_VARIANTS = (

@@ -37,7 +37,9 @@ def twin_of(name: str):
   variants = {v.name: v for v in STUDIES['sddit_fmnist'].variants}
   variant = variants[name]
   plain = {k: v for k, v in variant.overrides.items() if k not in PHASE_FIELDS}
-  twins = [v for v in variants.values() if v.overrides == plain and v.name != name]
+  # the derived overrides too: `dit_equal_size` has `dit`'s overrides and a deeper model
+  twins = [v for v in variants.values()
+           if v.overrides == plain and v.derived == variant.derived and v.name != name]
   if not set(PHASE_FIELDS) <= set(variant.overrides) or len(twins) != 1:
     sys.exit(f'error: {name} has no twin without a final phase')
   return variant, twins[0]
