@@ -80,8 +80,8 @@ SDDIT_VARIANTS = (
             'masked decoder positions', {'model.infill': 'mask_token'}),
 )
 
-# SD-DiT's best reading with MaskDiT's last phase (for SD-DiT the phase drops the mask, and
-# with it the patch loss on masked tokens): does the gap between training on a masked
+# SD-DiT's best reading with MaskDiT's last phase (for SD-DiT the phase drops the mask; the
+# teacher loss goes on, over every token): does the gap between training on a masked
 # student and sampling unmasked hold its fd back?
 SDDIT_FINETUNE = Variant(
     'teacher_sigma_fixed_finetune', 'SD-DiT, teacher sigma fixed at 0.05, then the last 10% '
