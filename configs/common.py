@@ -98,6 +98,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sddit.teacher_temp_warmup_start = 0.04
   config.sddit.teacher_temp_warmup_steps = 0
   config.sddit.center_momentum = 0.9
+  # the discriminative weight of the final phase (final_phase.fraction > 0); None keeps
+  # dis_weight. 0 finishes on denoising alone: the teacher and its centres stay as they were
+  config.sddit.final_phase_dis_weight = config_dict.placeholder(float)
   config.sddit.teacher_momentum = 0.996
   config.sddit.teacher_momentum_final = 1.0
   config.sddit.gen_loss_tokens = 'all'  # 'all' | 'visible'

@@ -87,6 +87,13 @@ SDDIT_FINETUNE = Variant(
     'teacher_sigma_fixed_finetune', 'SD-DiT, teacher sigma fixed at 0.05, then the last 10% '
     'of the steps unmasked at half the learning rate',
     {'sddit.teacher_sigma': 'fixed', 'final_phase.fraction': 0.1, 'final_phase.lr': 5e-4})
+# the same, and the discriminative loss off in that phase: does the teacher's objective hold
+# the generator back once its tokens are good? (against the variant above: only the loss
+# differs in the last 10%)
+SDDIT_DENOISE_FINISH = Variant(
+    'teacher_sigma_fixed_finetune_no_dis', 'SD-DiT, teacher sigma fixed at 0.05, then the '
+    'last 10% unmasked at half the learning rate on denoising alone (no teacher loss)',
+    {**SDDIT_FINETUNE.overrides, 'sddit.final_phase_dis_weight': 0.0})
 # the control for both final phases: DiT has no mask, so its last 10% at half the rate
 # shows what the lower learning rate alone does to the fd
 DIT_FINETUNE = Variant(
@@ -99,7 +106,7 @@ DIT_FINETUNE = Variant(
 FMNIST_VARIANTS = (DIT_EQUAL_SIZE,) + tuple(
     v for v in SDDIT_VARIANTS
     if v.name in ('dit', 'maskdit', 'sddit', 'teacher_sigma_fixed', 'mask_0.1')) + (
-        MASKDIT_FINETUNE, SDDIT_FINETUNE, DIT_FINETUNE)
+        MASKDIT_FINETUNE, SDDIT_FINETUNE, SDDIT_DENOISE_FINISH, DIT_FINETUNE)
 
 # configs/diffdis_common.py names these baselines; paper §4 compares against them
 DIFFDIS_VARIANTS = (

@@ -46,3 +46,22 @@ def test_mask_and_learning_rate_switch_after_the_phase_start_and_resume_is_exact
   prints = lambda w: {r['step']: r['params_fingerprint'] for r in read_metrics(w)
                       if 'params_fingerprint' in r}
   assert prints(split)[6] == prints(straight)[6]
+
+
+def test_a_final_phase_without_the_discriminative_loss_leaves_the_teacher_as_it_was(tmp_path):
+  """sddit.final_phase_dis_weight=0: the last steps train on denoising alone; the teacher and
+  its centres stop where the main phase left them, while the student trains on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = tiny_sddit_config(**PHASED, **{'sddit.final_phase_dis_weight': 0.0})
+  trainer = build_trainer(config, str(tmp_path / 'run'))
+  before = jax.device_get(trainer.train(stop_at=3))  # the main phase's last step
+  after = jax.device_get(trainer.train())
+  records = _records(str(tmp_path / 'run'))
+  assert [r['step'] for r in records] == [1, 2, 3, 4, 5, 6]
+  assert all(r['dis_loss'] > 0 for r in records[:3])
+  assert not any('dis_loss' in r for r in records[3:])
+  assert all(r['loss'] == r['gen_loss'] for r in records[3:])
+  same = jax.tree.map(lambda a, b: bool((a == b).all()), before.aux, after.aux)
+  assert all(jax.tree.leaves(same)) and set(before.aux) >= {'teacher', 'center_patch'}
+  moved = jax.tree.map(lambda a, b: bool((a != b).any()), before.params, after.params)
+  assert any(jax.tree.leaves(moved))

@@ -244,8 +244,10 @@ def collapse_verdict(metrics: dict, out_dim: int) -> str:
 
 
 def update_aux(aux, params, outputs, step, *, model, config):
-  """EMA of the teacher towards the student encoder and head; EMA of the logit centres."""
-  if not aux:
+  """EMA of the teacher towards the student encoder and head; EMA of the logit centres.
+  A config without the discriminative loss (a final phase that drops it) leaves them as
+  they are: nothing reads them until the run ends."""
+  if not aux or not uses_teacher(config):
     return aux
   m = teacher_momentum(step, config)
   student = {k: params[k] for k in teacher_keys(model)}

@@ -71,6 +71,15 @@ def check_objective(config):
     check(config.flow.t_std > 0, f'flow.t_std must be > 0, got {config.flow.t_std}')
   check(0.0 <= s.mask_ratio < 1.0, f'sddit.mask_ratio must be in [0, 1), got {s.mask_ratio}')
   check(s.dis_weight >= 0, f'sddit.dis_weight must be >= 0, got {s.dis_weight}')
+  final = s.get('final_phase_dis_weight')
+  if final is not None:
+    check(final >= 0, f'sddit.final_phase_dis_weight must be >= 0, got {final}')
+    check(config.final_phase.fraction > 0,
+          'sddit.final_phase_dis_weight applies to the final phase, and there is none: set '
+          '--config.final_phase.fraction=0.1 (say) or drop it')
+    check(s.dis_weight > 0 or final == 0,
+          'sddit.final_phase_dis_weight > 0 needs a teacher, which sddit.dis_weight=0 leaves '
+          'out; set sddit.dis_weight > 0 too')
   one_of(s.teacher_sigma, TEACHER_SIGMA_POLICIES, 'sddit.teacher_sigma')
   one_of(s.gen_loss_tokens, GEN_LOSS_TOKENS, 'sddit.gen_loss_tokens')
   check(not (s.gen_loss_tokens == 'visible' and s.mask_ratio == 0 and s.masked_recon_weight),

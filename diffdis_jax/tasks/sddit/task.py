@@ -84,6 +84,8 @@ class SDDiTTask(base.Task):
     what it sees when sampling (the learned mask token or the noisy infill never appear)."""
     config = self.config.copy_and_resolve_references()
     config.sddit.mask_ratio = 0.0
+    if config.sddit.final_phase_dis_weight is not None:
+      config.sddit.dis_weight = config.sddit.final_phase_dis_weight
     return config
 
   # ------------------------------------------------------------------ model and state

@@ -29,7 +29,7 @@ STUDY = 'workdirs/study_ratio/sddit_fmnist'
 STEP = 2250            # the last mark before the final phase starts (step 2,700)
 PHASE_START = 2700
 SHARED = ('evals', 'eval_steps', 'eval_flops')
-PHASE_FIELDS = ('final_phase.fraction', 'final_phase.lr')
+PHASE_FIELDS = ('final_phase.fraction', 'final_phase.lr', 'sddit.final_phase_dis_weight')
 
 
 def twin_of(name: str):
@@ -40,7 +40,7 @@ def twin_of(name: str):
   # the derived overrides too: `dit_equal_size` has `dit`'s overrides and a deeper model
   twins = [v for v in variants.values()
            if v.overrides == plain and v.derived == variant.derived and v.name != name]
-  if not set(PHASE_FIELDS) <= set(variant.overrides) or len(twins) != 1:
+  if not set(PHASE_FIELDS[:2]) <= set(variant.overrides) or len(twins) != 1:
     sys.exit(f'error: {name} has no twin without a final phase')
   return variant, twins[0]
 
