@@ -49,9 +49,10 @@ def _finished_records(variant_dir: str) -> list[dict]:
 def collect(study: Study, study_dir: str, saved_settings: dict, command: str) -> dict:
   scale = study.scales[saved_settings['scale']]
   metrics = [name for name, _ in study.metrics]
-  variants = {}
+  variants, records = {}, []
   for v in study.variants:
     done = _finished_records(os.path.join(study_dir, v.name))
+    records += done
     if not done:
       continue
     steps = [str(s) for s in saved_settings['eval_at']]
@@ -79,8 +80,6 @@ def collect(study: Study, study_dir: str, saved_settings: dict, command: str) ->
     teacher = teacher_series(os.path.join(study_dir, v.name), variants[v.name]['seeds'])
     if teacher:
       variants[v.name]['teacher'] = teacher
-  records = [r for v in study.variants
-             for r in _finished_records(os.path.join(study_dir, v.name))]
   return {
       'study': study.name,
       # inputs (latents, VAE, classifier, generator) whose contents differ between runs
