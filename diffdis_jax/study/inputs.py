@@ -42,8 +42,7 @@ def fingerprint_path(path: str) -> str:
   if os.path.isfile(path):
     return files.file_sha256(path)
   digest = hashlib.sha256()
-  for folder, subfolders, names in sorted(os.walk(path)):
-    subfolders.sort()
+  for folder, _, names in sorted(os.walk(path)):  # sorted: the same order on every host
     for name in sorted(names):
       full = os.path.join(folder, name)
       digest.update(os.path.relpath(full, path).encode() + b'\0')
@@ -53,11 +52,14 @@ def fingerprint_path(path: str) -> str:
 
 def fingerprint_inputs(config) -> dict[str, str]:
   """{field: fingerprint} of every input file or folder the config names and that exists."""
-  out = {}
+  out, seen = {}, {}  # data.vae_path and sample.vae usually name one folder: hash it once
   for field, part in INPUT_FIELDS.items():
     path = _field(config, field)
     if isinstance(path, str) and path and os.path.exists(os.path.join(path, part)):
-      out[field] = fingerprint_path(os.path.join(path, part))[:16]
+      full = os.path.realpath(os.path.join(path, part))
+      if full not in seen:
+        seen[full] = fingerprint_path(full)[:16]
+      out[field] = seen[full]
   return out
 
 
